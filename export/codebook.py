@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rio_tiler.io import Reader
 from tqdm import tqdm
 
 from service.bundle import BundleError, load_manifest, weights_fingerprint
 from service.encoder import Encoder
 from service.sources import band_plan, open_dataset
 from service.windows import BORDER, grid_for, read_window
-from rio_tiler.io import Reader
 
 BATCH = 4
 
@@ -30,8 +30,9 @@ def tsne_colors(centroids: np.ndarray, seed: int = 0) -> np.ndarray:
 
     k = centroids.shape[0]
     unit = centroids / np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
-    emb = TSNE(n_components=3, perplexity=min(30.0, max(2.0, (k - 1) / 4)), init="pca", random_state=seed,
-               metric="cosine").fit_transform(unit)
+    emb = TSNE(
+        n_components=3, perplexity=min(30.0, max(2.0, (k - 1) / 4)), init="pca", random_state=seed, metric="cosine"
+    ).fit_transform(unit)
     lo, hi = emb.min(axis=0), emb.max(axis=0)
     return np.round((emb - lo) / np.maximum(hi - lo, 1e-12) * 255).astype(np.uint8)
 
@@ -47,7 +48,7 @@ def count_windows(images: Sequence[Path], manifest: dict[str, Any]) -> int:
 
 def sample_features(
     images: Sequence[Path], bundle_dir: Path, manifest: dict[str, Any], max_patches: int, seed: int, store: Path
-) -> np.memmap:
+) -> np.ndarray:
     """Stream patch features of valid core patches into a float16 memmap (bounded memory)."""
     rng = np.random.default_rng(seed)
     window, patch = manifest["window_size"], manifest["patch_size"]
@@ -112,15 +113,20 @@ def write_codebook(out: Path, centroids: np.ndarray, colors: np.ndarray, meta: d
 
 
 def build(
-    images: Sequence[Path], bundle_dir: Path, k: int, max_patches: int = 200_000, seed: int = 0,
-    out: Path | None = None, dtype: str = "float32",
+    images: Sequence[Path],
+    bundle_dir: Path,
+    k: int,
+    max_patches: int = 200_000,
+    seed: int = 0,
+    out: Path | None = None,
+    dtype: str = "float32",
 ) -> dict[str, Any]:
     """The full build: sample → k-means (cosine) → t-SNE colours → codebook files."""
     manifest = load_manifest(bundle_dir)
     with tempfile.TemporaryDirectory() as tmp:
         feats = sample_features(images, bundle_dir, manifest, max_patches, seed, Path(tmp) / "f.npy")
         centroids = kmeans(feats, k, seed)
-        patches = int(len(feats))
+        patches = len(feats)
     colors = tsne_colors(centroids, seed)
     meta = {
         **weights_fingerprint(manifest),
@@ -130,7 +136,8 @@ def build(
         "built_from": [p.name for p in images],
         "patches_sampled": patches,
         "seed": seed,
-        "command": f"dinotiles codebook build {' '.join(p.name for p in images)} --k {k} --max-patches {max_patches} --seed {seed}",
+        "command": f"dinotiles codebook build {' '.join(p.name for p in images)} "
+        f"--k {k} --max-patches {max_patches} --seed {seed}",
     }
     write_codebook(out or bundle_dir, centroids.astype(dtype), colors, meta)
     return meta
@@ -151,7 +158,12 @@ def import_seed(centroids: Path, colors: Path, bundle_dir: Path, metric: str = "
         )
     if rgb.shape != (c.shape[0], 3):
         raise BundleError(f"colors are {rgb.shape}, expected ({c.shape[0]}, 3)")
-    meta = {**weights_fingerprint(manifest), "k": int(c.shape[0]), "metric": metric,
-            "colors": f"imported from {colors.name}", "built_from": [centroids.name]}
+    meta = {
+        **weights_fingerprint(manifest),
+        "k": int(c.shape[0]),
+        "metric": metric,
+        "colors": f"imported from {colors.name}",
+        "built_from": [centroids.name],
+    }
     write_codebook(bundle_dir, c, rgb.astype(np.uint8), meta)
     return meta

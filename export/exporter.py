@@ -42,7 +42,7 @@ def build_wrapper(model: Any, window: int) -> Any:
             embeddings.interpolate_pos_encoding = lambda emb, h, w: self.pos
 
         def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            x = (image.float() - self.mean) / self.std
+            x = (image.float() - self.mean) / self.std  # type: ignore[operator]
             hidden = self.model(pixel_values=x).last_hidden_state
             return hidden[:, 1 + registers :], hidden[:, 0]
 

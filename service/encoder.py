@@ -71,9 +71,7 @@ class Encoder:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(model_path), options, providers=self.providers)
-        self.assigner = (
-            ort.InferenceSession(assignment_graph(codebook), providers=self.providers) if codebook else None
-        )
+        self.assigner = ort.InferenceSession(assignment_graph(codebook), providers=self.providers) if codebook else None
         self.grid = window // patch
 
     @classmethod

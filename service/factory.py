@@ -4,9 +4,8 @@ Built like titiler.core's TilerFactory (attrs class, routes registered on a rout
 dependencies injected) so it mounts beside TiTiler's own factories.
 """
 
-
 import io
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
@@ -32,7 +31,7 @@ from service.encoder import NODATA
 from service.reader import ClusterReader
 
 
-class ClusterFormat(str, Enum):
+class ClusterFormat(StrEnum):
     """png/webp: RGBA colours (alpha 0 = no data); npy/tif: uint16 IDs, 65535 = no data."""
 
     png = "png"
@@ -44,7 +43,9 @@ class ClusterFormat(str, Enum):
 MEDIA = {"png": "image/png", "webp": "image/webp", "npy": "application/x-binary", "tif": "image/tiff"}
 
 
-def url_param(url: Annotated[str, Query(description="COG: local path under a configured root, http(s) or s3 URL")]) -> str:
+def url_param(
+    url: Annotated[str, Query(description="COG: local path under a configured root, http(s) or s3 URL")],
+) -> str:
     return url
 
 
@@ -71,7 +72,9 @@ def parse_bbox(bbox: Annotated[str, Query(description="minx,miny,maxx,maxy in EP
         raise BadRequestError(f"bbox must be 4 numbers, got {bbox!r}") from exc
     if len(values) != 4 or not (values[0] < values[2] and values[1] < values[3]):
         raise BadRequestError("bbox must be minx,miny,maxx,maxy with minx < maxx and miny < maxy")
-    if not (-180 <= values[0] <= 180 and -180 <= values[2] <= 180 and -90 <= values[1] <= 90 and -90 <= values[3] <= 90):
+    if not (
+        -180 <= values[0] <= 180 and -180 <= values[2] <= 180 and -90 <= values[1] <= 90 and -90 <= values[3] <= 90
+    ):
         raise BadRequestError("bbox must be in EPSG:4326 degrees")
     return values
 
@@ -140,7 +143,7 @@ class ClusterTilerFactory(BaseFactory):
                 z: Annotated[int, Path(ge=0, le=30)],
                 x: Annotated[int, Path(ge=0)],
                 y: Annotated[int, Path(ge=0)],
-                tileMatrixSetId: Annotated[tms_type, Path()],
+                tileMatrixSetId: Annotated[tms_type, Path()],  # type: ignore[valid-type]
                 url: str = Depends(url_param),
                 scale: int = Depends(scale_dep),
                 format: ClusterFormat = Depends(format_dep),
@@ -152,7 +155,10 @@ class ClusterTilerFactory(BaseFactory):
                 return Response(
                     encode_tile(image, format, colors),
                     media_type=MEDIA[format.value],
-                    headers={"Content-Bbox": ",".join(map(str, image.bounds)), "Cache-Control": "public, max-age=3600"},
+                    headers={
+                        "Content-Bbox": ",".join(map(str, image.bounds or ())),
+                        "Cache-Control": "public, max-age=3600",
+                    },
                 )
 
             return tile
@@ -180,15 +186,21 @@ class ClusterTilerFactory(BaseFactory):
         @self.router.get("/{tileMatrixSetId}/tilejson.json", response_model=TileJSON, response_model_exclude_none=True)
         def tilejson(
             request: Request,
-            tileMatrixSetId: Annotated[tms_type, Path()],
+            tileMatrixSetId: Annotated[tms_type, Path()],  # type: ignore[valid-type]
             url: str = Depends(url_param),
             tile_format: ClusterFormat = ClusterFormat.png,
             tile_scale: Annotated[int, Query(ge=1, le=4)] = 1,
         ) -> dict[str, Any]:
             with self.reader(url, tileMatrixSetId) as src:
                 tiles = self.url_for(
-                    request, "tile_scale_format", tileMatrixSetId=tileMatrixSetId, z="{z}", x="{x}", y="{y}",
-                    scale=str(tile_scale), format=tile_format.value,
+                    request,
+                    "tile_scale_format",
+                    tileMatrixSetId=tileMatrixSetId,
+                    z="{z}",
+                    x="{x}",
+                    y="{y}",
+                    scale=str(tile_scale),
+                    format=tile_format.value,
                 )
                 return {
                     "tilejson": "3.0.0",
@@ -206,7 +218,7 @@ class ClusterTilerFactory(BaseFactory):
         @self.router.get("/{tileMatrixSetId}/WMTSCapabilities.xml", response_class=Response)
         def wmts(
             request: Request,
-            tileMatrixSetId: Annotated[tms_type, Path()],
+            tileMatrixSetId: Annotated[tms_type, Path()],  # type: ignore[valid-type]
             url: str = Depends(url_param),
         ) -> Response:
             tms = self.supported_tms.get(tileMatrixSetId)
@@ -327,14 +339,15 @@ def wmts_document(
 <ows:ServiceTypeVersion>1.0.0</ows:ServiceTypeVersion></ows:ServiceIdentification>
 <Contents>
 <Layer><ows:Title>clusters</ows:Title><ows:Identifier>clusters</ows:Identifier>
-<ows:WGS84BoundingBox><ows:LowerCorner>{west} {south}</ows:LowerCorner><ows:UpperCorner>{east} {north}</ows:UpperCorner></ows:WGS84BoundingBox>
+<ows:WGS84BoundingBox><ows:LowerCorner>{west} {south}</ows:LowerCorner>
+<ows:UpperCorner>{east} {north}</ows:UpperCorner></ows:WGS84BoundingBox>
 <Style isDefault="true"><ows:Identifier>default</ows:Identifier></Style>
 <Format>image/png</Format>
 <TileMatrixSetLink><TileMatrixSet>{tms.id}</TileMatrixSet></TileMatrixSetLink>
 <ResourceURL format="image/png" resourceType="tile" template="{template}"/>
 </Layer>
 <TileMatrixSet><ows:Identifier>{tms.id}</ows:Identifier><ows:SupportedCRS>{escape(crs_uri)}</ows:SupportedCRS>
-{''.join(matrices)}
+{"".join(matrices)}
 </TileMatrixSet>
 </Contents>
 </Capabilities>

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from morecantile import TileMatrixSet
+from morecantile import Tile, TileMatrixSet
 from pyproj import Geod
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
@@ -64,7 +64,8 @@ class ClusterReader:
         return self
 
     def __exit__(self, *args: object) -> None:
-        self.view.reader.dataset.close()
+        if self.view.reader.dataset is not None:
+            self.view.reader.dataset.close()
 
     # -- zooms -------------------------------------------------------------
     def _tile_patch_span(self, z: int) -> tuple[int, int]:
@@ -107,7 +108,7 @@ class ClusterReader:
                 f"{self.settings.max_windows} inference windows (DINOTILES_MAX_WINDOWS)"
             )
         grid = self.view.grid
-        tile_bounds = self.tms.xy_bounds(x, y, z)
+        tile_bounds = self.tms.xy_bounds(Tile(x, y, z))
         footprint = transform_bounds(self.tms.rasterio_crs, grid.crs, *tile_bounds, densify_pts=21)
         span = grid.patch_range(footprint)
         if span is None:
@@ -170,7 +171,5 @@ class ClusterReader:
 
 def _geodesic_area(bbox: tuple[float, float, float, float]) -> float:
     left, bottom, right, top = bbox
-    area, _ = Geod(ellps="WGS84").polygon_area_perimeter(
-        [left, right, right, left], [bottom, bottom, top, top]
-    )
+    area, _ = Geod(ellps="WGS84").polygon_area_perimeter([left, right, right, left], [bottom, bottom, top, top])
     return abs(area)

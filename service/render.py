@@ -29,9 +29,18 @@ def scene_ids(engine: ClusterEngine, view: SourceView, progress: bool = True) ->
 def write_cog(path: Path, data: np.ndarray, view: SourceView, nodata: int | None) -> None:
     grid = view.grid
     profile = {
-        "driver": "GTiff", "width": data.shape[-1], "height": data.shape[-2], "count": data.shape[0],
-        "dtype": data.dtype.name, "crs": grid.crs, "transform": grid.patch_transform(), "nodata": nodata,
-        "tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "deflate",
+        "driver": "GTiff",
+        "width": data.shape[-1],
+        "height": data.shape[-2],
+        "count": data.shape[0],
+        "dtype": data.dtype.name,
+        "crs": grid.crs,
+        "transform": grid.patch_transform(),
+        "nodata": nodata,
+        "tiled": True,
+        "blockxsize": 256,
+        "blockysize": 256,
+        "compress": "deflate",
     }
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw.tif"

@@ -31,9 +31,7 @@ MIN_VALID_SHARE = 0.5  # a patch needs half its pixels valid
 
 
 def _utm_for(lon: float, lat: float) -> CRS:
-    info = query_utm_crs_info(
-        datum_name="WGS 84", area_of_interest=AreaOfInterest(lon, lat, lon, lat)
-    )
+    info = query_utm_crs_info(datum_name="WGS 84", area_of_interest=AreaOfInterest(lon, lat, lon, lat))
     return CRS.from_epsg(int(info[0].code))
 
 
@@ -179,6 +177,6 @@ def read_window(reader: Reader, plan: BandPlan, grid: Grid, i: int, j: int) -> W
         reproject_method="bilinear",
     )
     data = plan.to_uint8(np.asarray(img.array.data))
-    mask = ~np.ma.getmaskarray(img.array).any(axis=0)
+    mask = np.asarray(~np.ma.getmaskarray(img.array).any(axis=0), dtype=bool)
     data = np.where(mask[None], data, 0).astype(np.uint8)
     return WindowPixels(image=data, valid=patch_validity(data, mask, grid.patch))

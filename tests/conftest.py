@@ -63,8 +63,12 @@ def rasters(tmp_path_factory: pytest.TempPathFactory, sample: Path) -> dict[str,
 
     def write(name: str, data: np.ndarray, interp: list[str] | None = None, **extra: object) -> None:
         p = out / f"{name}.tif"
-        prof = {**{k: v for k, v in profile.items() if k != "photometric"}, "count": data.shape[0],
-                "dtype": data.dtype.name, **extra}
+        prof = {
+            **{k: v for k, v in profile.items() if k != "photometric"},
+            "count": data.shape[0],
+            "dtype": data.dtype.name,
+            **extra,
+        }
         with rasterio.open(p, "w", **prof) as dst:
             dst.write(data)
             if interp:
@@ -73,8 +77,13 @@ def rasters(tmp_path_factory: pytest.TempPathFactory, sample: Path) -> dict[str,
 
     write("gray", rgb[:1])
     write("rgb16", rgb.astype(np.uint16) * 257)
-    write("rgbn", np.concatenate([rgb, rgb[:1]]), interp=["red", "green", "blue", "undefined"], photometric="RGB",
-          alpha="UNSPECIFIED")
+    write(
+        "rgbn",
+        np.concatenate([rgb, rgb[:1]]),
+        interp=["red", "green", "blue", "undefined"],
+        photometric="RGB",
+        alpha="UNSPECIFIED",
+    )
     write("two_band", rgb[:2])
     half = rgb.copy()
     half[:, :, : half.shape[2] // 2] = 0
@@ -160,8 +169,16 @@ def crop(src: Path, dst: Path, size: int) -> Path:
         win = Window((ds.width - size) // 2, (ds.height - size) // 2, size, size)
         data = ds.read(window=win)
         profile = ds.profile.copy()
-        profile.update(width=size, height=size, transform=ds.window_transform(win), driver="GTiff",
-                       tiled=True, blockxsize=256, blockysize=256, compress="deflate")
+        profile.update(
+            width=size,
+            height=size,
+            transform=ds.window_transform(win),
+            driver="GTiff",
+            tiled=True,
+            blockxsize=256,
+            blockysize=256,
+            compress="deflate",
+        )
         profile.pop("photometric", None)
     with rasterio.open(dst, "w", **profile) as out:
         out.write(data)

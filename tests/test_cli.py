@@ -32,7 +32,7 @@ def test_bad_arguments_are_one_line_exit_2(args: list[str]) -> None:
     result = run_cli(*args)
     assert result.returncode == 2
     lines = [line for line in result.stderr.strip().splitlines() if "Warning" not in line and line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("dinotiles: error") or lines[-1].startswith("dinotiles: error")
+    assert (len(lines) == 1 and lines[0].startswith("dinotiles: error")) or lines[-1].startswith("dinotiles: error")
     assert "Traceback" not in result.stderr
 
 

@@ -33,8 +33,15 @@ def test_tsne_colours_keep_neighbours_close() -> None:
     rng = np.random.default_rng(0)
     groups = np.repeat(rng.normal(size=(4, 16)) * 10, 8, axis=0) + rng.normal(size=(32, 16)) * 0.1
     colors = tsne_colors(groups.astype(np.float32)).astype(float)
-    within = np.mean([np.linalg.norm(colors[i] - colors[j]) for g in range(4) for i in range(g * 8, g * 8 + 8)
-                      for j in range(g * 8, g * 8 + 8) if i < j])
+    within = np.mean(
+        [
+            np.linalg.norm(colors[i] - colors[j])
+            for g in range(4)
+            for i in range(g * 8, g * 8 + 8)
+            for j in range(g * 8, g * 8 + 8)
+            if i < j
+        ]
+    )
     across = np.mean([np.linalg.norm(colors[i] - colors[j]) for i in range(32) for j in range(32) if i // 8 != j // 8])
     assert within < across / 2
 

@@ -80,7 +80,16 @@ def test_graph_has_baked_position_embedding_and_uint8_input(bundle) -> None:  # 
 
 def test_bundle_manifest_records_provenance(bundle) -> None:  # type: ignore[no-untyped-def]
     m = json.loads((bundle.root / "bundle.json").read_text())
-    for key in ("weights", "variant", "patch_size", "window_size", "feature_layer", "embed_dim", "target_gsd", "exporter"):
+    for key in (
+        "weights",
+        "variant",
+        "patch_size",
+        "window_size",
+        "feature_layer",
+        "embed_dim",
+        "target_gsd",
+        "exporter",
+    ):
         assert key in m
     assert len(m["weights"]["sha256"]) == 64
     assert m["target_gsd"] == 0.25 and m["patch_size"] == 14 and m["variant"] == "dinov2-small"

@@ -77,7 +77,9 @@ def test_bad_tile_indexes(client, sample: Path) -> None:  # type: ignore[no-unty
 
 def test_tile_outside_image_is_404(client, sample: Path) -> None:  # type: ignore[no-untyped-def]
     t = tile_of(client, str(sample))
-    assert_json_error(client.get(f"/cog/tiles/WebMercatorQuad/19/{t.x + 50}/{t.y}.png", params={"url": str(sample)}), 404)
+    assert_json_error(
+        client.get(f"/cog/tiles/WebMercatorQuad/19/{t.x + 50}/{t.y}.png", params={"url": str(sample)}), 404
+    )
     assert_json_error(client.get("/cog/point/0,0", params={"url": str(sample)}), 404)
 
 

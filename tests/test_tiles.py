@@ -7,7 +7,6 @@ from pathlib import Path
 
 import morecantile
 import numpy as np
-import pytest
 import rasterio
 from PIL import Image
 from pyproj import Transformer
@@ -81,8 +80,12 @@ def test_tiles_are_seamless(client, oam_image: Path, bundle) -> None:  # type: i
     seam_y = np.zeros((767, 768), bool)
     seam_y[[255, 511], :] = True
     pairs = [
-        (ids[:, 1:] != ids[:, :-1], (pr[:, 1:] != pr[:, :-1]) | (pc[:, 1:] != pc[:, :-1]), seam_x,
-         valid[:, 1:] & valid[:, :-1]),
+        (
+            ids[:, 1:] != ids[:, :-1],
+            (pr[:, 1:] != pr[:, :-1]) | (pc[:, 1:] != pc[:, :-1]),
+            seam_x,
+            valid[:, 1:] & valid[:, :-1],
+        ),
         (ids[1:] != ids[:-1], (pr[1:] != pr[:-1]) | (pc[1:] != pc[:-1]), seam_y, valid[1:] & valid[:-1]),
     ]
     changes_seam = sum(int((d & s & v).sum()) for d, _, s, v in pairs)
@@ -101,10 +104,12 @@ def test_zoom_consistency(client, sample: Path) -> None:  # type: ignore[no-unty
     lon, lat = centre(client, str(sample))
     parent = TMS.tile(lon, lat, 18)
     big = ids_tile(client, str(sample), 18, parent.x, parent.y, scale=2)
-    kids = np.vstack([
-        np.hstack([ids_tile(client, str(sample), 19, 2 * parent.x + dx, 2 * parent.y + dy) for dx in (0, 1)])
-        for dy in (0, 1)
-    ])
+    kids = np.vstack(
+        [
+            np.hstack([ids_tile(client, str(sample), 19, 2 * parent.x + dx, 2 * parent.y + dy) for dx in (0, 1)])
+            for dy in (0, 1)
+        ]
+    )
     both = (big != 65535) | (kids != 65535)
     assert both.sum() > 10_000
     assert (big[both] == kids[both]).mean() >= 0.98
@@ -136,8 +141,12 @@ def test_tilejson_and_minzoom_limit(client, sample: Path, app_settings) -> None:
     assert r.status_code == 404
     assert "minzoom" in r.json()["detail"] and str(app_settings.max_windows) in r.json()["detail"]
     ok = TMS.tile(lon, lat, tj["minzoom"])
-    assert client.get(f"/cog/tiles/WebMercatorQuad/{tj['minzoom']}/{ok.x}/{ok.y}.npy",
-                      params={"url": str(sample)}).status_code == 200
+    assert (
+        client.get(
+            f"/cog/tiles/WebMercatorQuad/{tj['minzoom']}/{ok.x}/{ok.y}.npy", params={"url": str(sample)}
+        ).status_code
+        == 200
+    )
 
 
 def test_minzoom_budget_is_honest(bundle, sample: Path, app_settings) -> None:  # type: ignore[no-untyped-def]
