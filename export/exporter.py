@@ -19,9 +19,30 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 OPSET = 17
 
 
-def build_wrapper(model: Any, window: int) -> Any:
-    """A torch module: uint8 NCHW window → (patch tokens [B, N, D], CLS [B, D])."""
+def feature_layer_name(model: Any, block: int | None) -> str:
+    """How bundle.json names the patch features: the last output, or block N's output + final LayerNorm."""
+    if block is None or block == model.config.num_hidden_layers:
+        return "last_hidden_state"
+    return f"block{block}+layernorm"
+
+
+def block_from_name(name: str) -> int | None:
+    """Inverse of feature_layer_name: "block8+layernorm" → 8, "last_hidden_state" → None."""
+    return int(name.removeprefix("block").split("+")[0]) if name.startswith("block") else None
+
+
+def build_wrapper(model: Any, window: int, block: int | None = None) -> Any:
+    """A torch module: uint8 NCHW window → (patch tokens [B, N, D], CLS [B, D]).
+
+    ``block`` picks an intermediate block's patch tokens (with the final LayerNorm,
+    as DINOv2's get_intermediate_layers(norm=True)); CLS always comes from the end.
+    """
     import torch
+
+    layers = model.config.num_hidden_layers
+    if block is not None and not 1 <= block <= layers:
+        raise ValueError(f"feature layer must be between 1 and {layers}, got {block}")
+    intermediate = block is not None and block < layers
 
     patch = model.config.patch_size
     if window % patch:
@@ -39,21 +60,27 @@ def build_wrapper(model: Any, window: int) -> Any:
             self.register_buffer("pos", pos)
             self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0)
             self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0)
-            embeddings.interpolate_pos_encoding = lambda emb, h, w: self.pos
 
         def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             x = (image.float() - self.mean) / self.std  # type: ignore[operator]
-            hidden = self.model(pixel_values=x).last_hidden_state
-            return hidden[:, 1 + registers :], hidden[:, 0]
+            # the baked embedding replaces the interpolation only while this module runs
+            embeddings.interpolate_pos_encoding = lambda emb, h, w: self.pos
+            try:
+                out = self.model(pixel_values=x, output_hidden_states=intermediate)
+            finally:
+                del embeddings.interpolate_pos_encoding
+            last = out.last_hidden_state
+            tokens = self.model.layernorm(out.hidden_states[block]) if intermediate else last
+            return tokens[:, 1 + registers :], last[:, 0]
 
     return Encoder().eval()
 
 
-def export_onnx(weights: LoadedWeights, out: Path, window: int) -> Path:
+def export_onnx(weights: LoadedWeights, out: Path, window: int, block: int | None = None) -> Path:
     """Export with the legacy TorchScript exporter (dynamic batch, opset 17)."""
     import torch
 
-    wrapper = build_wrapper(weights.model, window)
+    wrapper = build_wrapper(weights.model, window, block)
     dummy = torch.zeros(1, 3, window, window, dtype=torch.uint8)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".part")
@@ -71,17 +98,19 @@ def export_onnx(weights: LoadedWeights, out: Path, window: int) -> Path:
     return out
 
 
-def torch_features(weights: LoadedWeights, window: int, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def torch_features(
+    weights: LoadedWeights, window: int, images: np.ndarray, block: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Reference forward in torch, for parity checks."""
     import torch
 
-    wrapper = build_wrapper(weights.model, window)
+    wrapper = build_wrapper(weights.model, window, block)
     with torch.no_grad():
         patches, cls = wrapper(torch.from_numpy(images))
     return patches.numpy(), cls.numpy()
 
 
-def write_bundle(weights: LoadedWeights, out: Path, window: int = 448) -> dict[str, Any]:
+def write_bundle(weights: LoadedWeights, out: Path, window: int = 448, block: int | None = None) -> dict[str, Any]:
     """model.onnx + bundle.json; the codebook is added by `dinotiles codebook build|import`."""
     import json
 
@@ -90,14 +119,14 @@ def write_bundle(weights: LoadedWeights, out: Path, window: int = 448) -> dict[s
 
     from service.bundle import BUNDLE_FORMAT
 
-    model_path = export_onnx(weights, out / "model.onnx", window)
+    model_path = export_onnx(weights, out / "model.onnx", window, block)
     manifest = {
         "format": BUNDLE_FORMAT,
         "weights": {"source": weights.source, "sha256": weights.sha256},
         "variant": weights.variant,
         "patch_size": int(weights.model.config.patch_size),
         "window_size": window,
-        "feature_layer": "last_hidden_state",
+        "feature_layer": feature_layer_name(weights.model, block),
         "embed_dim": int(weights.model.config.hidden_size),
         "num_register_tokens": int(getattr(weights.model.config, "num_register_tokens", 0) or 0),
         "target_gsd": 0.25,

@@ -26,6 +26,7 @@ class Codebook:
     colors: np.ndarray  # (K, 3) uint8
     metric: str
     manifest: dict[str, Any]
+    position_basis: np.ndarray | None = None  # (P, D) orthonormal rows projected out before matching
 
     @property
     def k(self) -> int:
@@ -34,7 +35,10 @@ class Codebook:
     @property
     def fingerprint(self) -> str:
         """Identifies the codebook in cache keys: same centroids, same IDs."""
-        return hashlib.sha256(self.centroids.tobytes()).hexdigest()[:16]
+        digest = hashlib.sha256(self.centroids.tobytes())
+        if self.position_basis is not None:
+            digest.update(self.position_basis.tobytes())
+        return digest.hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -114,7 +118,12 @@ def load_codebook(directory: Path, manifest: dict[str, Any]) -> Codebook:
         raise BundleError(f"colors must be uint8 ({centroids.shape[0]}, 3), got {colors.dtype} {colors.shape}")
     if centroids.shape[0] >= 65535:
         raise BundleError("at most 65534 centroids: 65535 marks no data")
-    return Codebook(centroids=centroids, colors=colors, metric=metric, manifest=meta)
+    basis = None
+    if (directory / "position_basis.npy").exists():
+        basis = np.load(directory / "position_basis.npy").astype(np.float32)
+        if basis.ndim != 2 or basis.shape[1] != centroids.shape[1]:
+            raise BundleError(f"position_basis shape {basis.shape} does not match the centroids {centroids.shape}")
+    return Codebook(centroids=centroids, colors=colors, metric=metric, manifest=meta, position_basis=basis)
 
 
 def load_manifest(root: Path) -> dict[str, Any]:

@@ -30,7 +30,9 @@ def assignment_graph(codebook: Codebook) -> bytes:
     """A tiny ONNX graph: features [N, D] → nearest centroid IDs [N].
 
     Centroids (pre-normalised for cosine, with squared norms for L2) are graph
-    initializers, so they are loaded once onto the inference device.
+    initializers, so they are loaded once onto the inference device. A codebook's
+    positional basis (directions that encode where a patch sits in its window, not
+    what it shows) is projected out first, as at build time.
     """
     c = codebook.centroids.astype(np.float32)
     nodes = []
@@ -40,6 +42,15 @@ def assignment_graph(codebook: Codebook) -> bytes:
         c = c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
         nodes.append(helper.make_node("LpNormalization", [feats], ["normed"], axis=1, p=2))
         feats = "normed"
+    if codebook.position_basis is not None and len(codebook.position_basis):
+        basis = codebook.position_basis.astype(np.float32)
+        projector = np.eye(basis.shape[1], dtype=np.float32) - basis.T @ basis
+        inits.append(numpy_helper.from_array(projector, "projector"))
+        nodes.append(helper.make_node("MatMul", [feats, "projector"], ["projected"]))
+        feats = "projected"
+        if codebook.metric == "cosine":
+            nodes.append(helper.make_node("LpNormalization", [feats], ["reprojected"], axis=1, p=2))
+            feats = "reprojected"
     inits.append(numpy_helper.from_array(np.ascontiguousarray(c.T), "centroids_t"))
     nodes.append(helper.make_node("MatMul", [feats, "centroids_t"], ["scores"]))
     score = "scores"

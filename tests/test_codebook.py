@@ -9,15 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.codebook import build, import_seed, tsne_colors
+from export.codebook import build, import_seed, position_basis, project, tsne_colors
 from service.bundle import BundleError, Codebook, load_bundle
 from service.encoder import Encoder, assignment_graph
 from tests.conftest import SHARED
 
 
 def test_build_small_codebook(bundle, sample: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    meta = build([sample], bundle.root, k=8, max_patches=3000, seed=1, out=tmp_path)
+    meta = build([sample], bundle.root, k=8, max_patches=3000, seed=1, out=tmp_path, position_dirs=4)
     centroids = np.load(tmp_path / "centroids.npy")
+    basis = np.load(tmp_path / "position_basis.npy")
+    assert basis.shape == (4, 384) and np.allclose(basis @ basis.T, np.eye(4), atol=1e-4)
+    assert meta["position_dirs"] == 4
     colors = np.load(tmp_path / "colors.npy")
     assert centroids.shape == (8, 384) and colors.shape == (8, 3) and colors.dtype == np.uint8
     assert np.allclose(np.linalg.norm(centroids, axis=1), 1.0, atol=1e-4)
@@ -63,6 +66,26 @@ def test_assignment_graph_matches_numpy(metric: str) -> None:
     else:
         expected = np.argmin(((feats[:, None] - centroids[None]) ** 2).sum(-1), axis=1)
     assert (ids == expected).mean() == 1.0
+
+
+def test_positional_projection_same_at_build_and_serve() -> None:
+    """The server's assignment graph removes the positional basis exactly as the build did."""
+    rng = np.random.default_rng(5)
+    means = rng.normal(size=(676, 32)) + np.outer(np.linspace(-3, 3, 676), rng.normal(size=32))
+    basis = position_basis(means, 3)
+    feats = rng.normal(size=(300, 32)).astype(np.float32)
+    centroids = project(rng.normal(size=(20, 32)).astype(np.float32), basis)
+    cb = Codebook(
+        centroids=centroids, colors=np.zeros((20, 3), np.uint8), metric="cosine", manifest={}, position_basis=basis
+    )
+    import onnxruntime as ort
+
+    ids = ort.InferenceSession(assignment_graph(cb)).run(None, {"features": feats})[0]
+    assert (ids == np.argmax(project(feats, basis) @ centroids.T, axis=1)).all()
+    # the dominant positional direction is found and removed
+    trend = np.linalg.svd(means - means.mean(0), full_matrices=False)[2][0]
+    assert abs(float(basis[0] @ trend)) > 0.99
+    assert np.abs(project(feats, basis) @ basis.T).max() < 1e-5
 
 
 def test_codebook_for_other_weights_is_refused(bundle, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

