@@ -34,15 +34,20 @@ def block_from_name(name: str) -> int | None:
 def build_wrapper(model: Any, window: int, block: int | None = None) -> Any:
     """A torch module: uint8 NCHW window → (patch tokens [B, N, D], CLS [B, D]).
 
-    ``block`` picks an intermediate block's patch tokens (with the final LayerNorm,
-    as DINOv2's get_intermediate_layers(norm=True)); CLS always comes from the end.
+    ``block`` picks an intermediate block's tokens (with the final LayerNorm, as
+    DINOv2's get_intermediate_layers(norm=True)); the blocks after it are dropped
+    from a copy of the model, so they cost nothing, and CLS comes from that block too.
     """
+    import copy
+
     import torch
 
     layers = model.config.num_hidden_layers
     if block is not None and not 1 <= block <= layers:
         raise ValueError(f"feature layer must be between 1 and {layers}, got {block}")
-    intermediate = block is not None and block < layers
+    if block is not None and block < layers:
+        model = copy.deepcopy(model)
+        model.encoder.layer = model.encoder.layer[:block]
 
     patch = model.config.patch_size
     if window % patch:
@@ -66,12 +71,10 @@ def build_wrapper(model: Any, window: int, block: int | None = None) -> Any:
             # the baked embedding replaces the interpolation only while this module runs
             embeddings.interpolate_pos_encoding = lambda emb, h, w: self.pos
             try:
-                out = self.model(pixel_values=x, output_hidden_states=intermediate)
+                hidden = self.model(pixel_values=x).last_hidden_state
             finally:
                 del embeddings.interpolate_pos_encoding
-            last = out.last_hidden_state
-            tokens = self.model.layernorm(out.hidden_states[block]) if intermediate else last
-            return tokens[:, 1 + registers :], last[:, 0]
+            return hidden[:, 1 + registers :], hidden[:, 0]
 
     return Encoder().eval()
 

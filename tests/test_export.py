@@ -96,12 +96,23 @@ def test_bundle_manifest_records_provenance(bundle) -> None:  # type: ignore[no-
     assert m["target_gsd"] == 0.25 and m["patch_size"] == 14 and m["variant"] == "dinov2-small"
 
 
-def test_feature_layer_choice_changes_patch_tokens_not_cls(weights) -> None:  # type: ignore[no-untyped-def]
+def test_feature_layer_is_block_output_with_final_norm(weights) -> None:  # type: ignore[no-untyped-def]
+    """block N: the full model's hidden_states[N] + final LayerNorm, from a truncated copy."""
+    import torch
+
+    from export.exporter import IMAGENET_MEAN, IMAGENET_STD
+
     images = np.random.default_rng(1).integers(0, 256, (1, 3, 224, 224), dtype=np.uint8)
-    last_p, last_c = torch_features(weights, 224, images)
     mid_p, mid_c = torch_features(weights, 224, images, 8)
-    assert np.abs(mid_c - last_c).max() < 1e-5
-    assert np.abs(mid_p - last_p).max() > 0.1
+    x = (torch.from_numpy(images).float() / 255 - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(
+        IMAGENET_STD
+    ).view(1, 3, 1, 1)
+    with torch.no_grad():
+        out = weights.model(pixel_values=x, output_hidden_states=True)
+        ref = weights.model.layernorm(out.hidden_states[8]).numpy()
+    assert np.abs(mid_p - ref[:, 1:]).max() < 1e-3 and np.abs(mid_c - ref[:, 0]).max() < 1e-3
+    assert len(weights.model.encoder.layer) == 12  # the caller's model is untouched
+    assert np.abs(torch_features(weights, 224, images)[0] - out.last_hidden_state.numpy()[:, 1:]).max() < 1e-3
     assert block_from_name("block8+layernorm") == 8 and block_from_name("last_hidden_state") is None
     with pytest.raises(ValueError, match="between 1 and 12"):
         torch_features(weights, 224, images, 13)
