@@ -34,8 +34,8 @@ test: $(BIN)/.installed node_modules/.installed demo lint
 	$(BIN)/pytest -q
 
 bench: $(BIN)/.installed demo
-	$(BIN)/python benchmarks/render_vs_seed.py
-	$(BIN)/python benchmarks/tiles.py
+	$(BIN)/python -m benchmarks.render_vs_seed
+	$(BIN)/python -m benchmarks.tiles
 
 clean:
 	rm -rf $(VENV) node_modules .dinotiles

@@ -43,5 +43,10 @@ class ByteLRU:
                 _, evicted = self._items.popitem(last=False)
                 self.size -= evicted.nbytes
 
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self.size = 0
+
     def __len__(self) -> int:
         return len(self._items)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,7 @@ class Encoder:
         self.session = ort.InferenceSession(str(model_path), options, providers=self.providers)
         self.assigner = ort.InferenceSession(assignment_graph(codebook), providers=self.providers) if codebook else None
         self.grid = window // patch
+        self.seconds = 0.0  # time spent in the encoder session, for benchmarks and /healthz
 
     @classmethod
     def for_bundle(cls, bundle: Bundle, providers: tuple[str, ...] = ()) -> Encoder:
@@ -91,7 +93,9 @@ class Encoder:
 
     def features(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """uint8 [B, 3, W, W] → patch tokens [B, g, g, D], CLS [B, D]."""
+        start = time.perf_counter()
         patches, cls = self.session.run(None, {"image": np.ascontiguousarray(images, dtype=np.uint8)})
+        self.seconds += time.perf_counter() - start
         b = images.shape[0]
         return patches.reshape(b, self.grid, self.grid, -1), cls
 
