@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_ALLOWED_HOSTS = (
@@ -36,7 +36,6 @@ class Settings:
     max_windows: int = 25
     max_stats_area_m2: float = 500_000.0
     providers: tuple[str, ...] = ()
-    extra_sources: tuple[Path, ...] = field(default_factory=tuple)
 
     @classmethod
     def from_env(cls) -> Settings:

@@ -21,6 +21,8 @@ GDAL_ENV = {
     "GDAL_HTTP_MULTIPLEX": "YES",
     "VSI_CACHE": "TRUE",
 }
+for _key, _value in GDAL_ENV.items():  # COG-friendly defaults for every read; the environment may override
+    os.environ.setdefault(_key, _value)
 
 
 class SourceForbidden(PermissionError):
@@ -80,8 +82,7 @@ def source_key(path: str) -> str:
 def open_dataset(path: str) -> rasterio.DatasetReader:
     """Open GeoTIFFs only: a VRT could point GDAL at any host."""
     try:
-        with rasterio.Env(**GDAL_ENV):
-            dataset = rasterio.open(path, driver=READ_DRIVERS)
+        dataset = rasterio.open(path, driver=READ_DRIVERS)
     except RasterioIOError as exc:
         raise SourceUnreadable(f"cannot read {path} as a GeoTIFF: {str(exc).splitlines()[0]}") from exc
     if dataset.crs is None or dataset.transform.is_identity:
