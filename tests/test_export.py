@@ -124,3 +124,31 @@ def test_unknown_weights_give_one_line_error(tmp_path: Path) -> None:
     with pytest.raises(WeightsError) as err:
         load_weights(str(tmp_path))
     assert "\n" not in str(err.value)
+
+
+def test_with_registers_model_exports(tmp_path: Path) -> None:
+    """Dinov2WithRegistersModel from a local directory: registers dropped, parity kept."""
+    from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+
+    from export.exporter import write_bundle
+
+    config = Dinov2WithRegistersConfig(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        patch_size=14,
+        image_size=98,
+        num_register_tokens=4,
+    )
+    Dinov2WithRegistersModel(config).save_pretrained(str(tmp_path / "hf"))
+    weights = load_weights(str(tmp_path / "hf"))
+    assert weights.variant == "dinov2-with-registers-64"
+    manifest = write_bundle(weights, tmp_path / "bundle", window=112)
+    assert manifest["num_register_tokens"] == 4 and manifest["embed_dim"] == 64
+    images = np.random.default_rng(2).integers(0, 256, (2, 3, 112, 112), dtype=np.uint8)
+    session = ort.InferenceSession(str(tmp_path / "bundle" / "model.onnx"), providers=["CPUExecutionProvider"])
+    patches, cls = session.run(None, {"image": images})
+    ref_patches, ref_cls = torch_features(weights, 112, images)
+    assert patches.shape == (2, 64, 64)
+    assert np.abs(patches - ref_patches).max() <= 1e-3 and np.abs(cls - ref_cls).max() <= 1e-3
