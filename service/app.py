@@ -23,6 +23,8 @@ from service.encoder import Encoder
 from service.factory import ClusterTilerFactory
 from service.reader import AreaTooLarge, BelowMinZoom
 from service.sources import SourceForbidden, SourceNotFound, SourceUnreadable, check_url
+from service.stac import StacBadRequest, StacTimeout, StacUpstreamError
+from service.stac_factory import StacTilerFactory
 
 logger = logging.getLogger("dinotiles")
 VIEWER = Path(__file__).parent / "viewer"
@@ -34,6 +36,9 @@ STATUS_CODES: dict[type[Exception], int] = {
     BelowMinZoom: status.HTTP_404_NOT_FOUND,
     TileOutsideBounds: status.HTTP_404_NOT_FOUND,
     AreaTooLarge: status.HTTP_400_BAD_REQUEST,
+    StacBadRequest: status.HTTP_400_BAD_REQUEST,
+    StacUpstreamError: status.HTTP_502_BAD_GATEWAY,
+    StacTimeout: status.HTTP_504_GATEWAY_TIMEOUT,
     RasterioIOError: status.HTTP_400_BAD_REQUEST,
     RasterioError: status.HTTP_400_BAD_REQUEST,
     RioTilerError: status.HTTP_400_BAD_REQUEST,
@@ -75,6 +80,9 @@ def create_app(settings: Settings | None = None, bundle: Bundle | None = None) -
 
     def checked_path(url: Annotated[str, Query(description="COG URL or local path")]) -> str:
         return check_url(url, settings)
+
+    stac = StacTilerFactory(engine=engine, settings=settings, router_prefix="/stac")
+    app.include_router(stac.router, prefix="/stac", tags=["STAC"])
 
     rgb = TilerFactory(path_dependency=checked_path, router_prefix="/rgb", add_viewer=False, add_ogc_maps=False)
     app.include_router(rgb.router, prefix="/rgb", tags=["Imagery"])

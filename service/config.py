@@ -36,6 +36,9 @@ class Settings:
     max_windows: int = 25
     max_stats_area_m2: float = 500_000.0
     providers: tuple[str, ...] = ()
+    stac_url: str = "https://api.imagery.hotosm.org/stac"
+    stac_timeout: float = 20.0
+    scenes_sync_max: int = 8
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -54,4 +57,7 @@ class Settings:
             max_windows=_ints("DINOTILES_MAX_WINDOWS", cls.max_windows),
             max_stats_area_m2=float(_ints("DINOTILES_MAX_STATS_AREA_M2", int(cls.max_stats_area_m2))),
             providers=tuple(p for p in (providers or "").split(",") if p),
+            stac_url=env.get("DINOTILES_STAC_URL", cls.stac_url),
+            stac_timeout=float(env.get("DINOTILES_STAC_TIMEOUT", cls.stac_timeout)),
+            scenes_sync_max=_ints("DINOTILES_SCENES_SYNC_MAX", cls.scenes_sync_max),
         )

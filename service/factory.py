@@ -5,6 +5,7 @@ dependencies injected) so it mounts beside TiTiler's own factories.
 """
 
 import io
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
@@ -119,6 +120,8 @@ class ClusterTilerFactory(BaseFactory):
     engine: ClusterEngine
     settings: Settings
     supported_tms: TileMatrixSets = default_tms
+    # what `url=` (and friends) resolve to before reading: a COG as given; STAC items override it
+    path_dependency: Callable[..., str] = url_param
 
     def reader(self, url: str, tms_id: str = "WebMercatorQuad") -> "ClusterReader":
         return ClusterReader(url, self.engine, self.settings, self.supported_tms.get(tms_id))
@@ -144,7 +147,7 @@ class ClusterTilerFactory(BaseFactory):
                 x: Annotated[int, Path(ge=0)],
                 y: Annotated[int, Path(ge=0)],
                 tileMatrixSetId: Annotated[tms_type, Path()],  # type: ignore[valid-type]
-                url: str = Depends(url_param),
+                url: str = Depends(self.path_dependency),
                 scale: int = Depends(scale_dep),
                 format: ClusterFormat = Depends(format_dep),
             ) -> Response:
@@ -187,7 +190,7 @@ class ClusterTilerFactory(BaseFactory):
         def tilejson(
             request: Request,
             tileMatrixSetId: Annotated[tms_type, Path()],  # type: ignore[valid-type]
-            url: str = Depends(url_param),
+            url: str = Depends(self.path_dependency),
             tile_format: ClusterFormat = ClusterFormat.png,
             tile_scale: Annotated[int, Query(ge=1, le=4)] = 1,
         ) -> dict[str, Any]:
@@ -208,7 +211,7 @@ class ClusterTilerFactory(BaseFactory):
                     "bounds": src.geographic_bounds(),
                     "minzoom": src.minzoom,
                     "maxzoom": src.maxzoom,
-                    "tiles": [f"{tiles}?{urlencode({'url': url})}"],
+                    "tiles": [f"{tiles}?{passthrough_query(request)}"],
                     "attribution": "dinotiles clusters",
                 }
 
@@ -219,7 +222,7 @@ class ClusterTilerFactory(BaseFactory):
         def wmts(
             request: Request,
             tileMatrixSetId: Annotated[tms_type, Path()],  # type: ignore[valid-type]
-            url: str = Depends(url_param),
+            url: str = Depends(self.path_dependency),
         ) -> Response:
             tms = self.supported_tms.get(tileMatrixSetId)
             with self.reader(url, tileMatrixSetId) as src:
@@ -228,7 +231,7 @@ class ClusterTilerFactory(BaseFactory):
 
     def info(self) -> None:
         @self.router.get("/info")
-        def info(url: str = Depends(url_param)) -> dict[str, Any]:
+        def info(url: str = Depends(self.path_dependency)) -> dict[str, Any]:
             with self.reader(url) as src:
                 grid = src.view.grid
                 meta = src.view.reader.info().model_dump(exclude_none=True, mode="json")
@@ -258,7 +261,7 @@ class ClusterTilerFactory(BaseFactory):
         def point(
             lon: Annotated[float, Path(ge=-180, le=180)],
             lat: Annotated[float, Path(ge=-90, le=90)],
-            url: str = Depends(url_param),
+            url: str = Depends(self.path_dependency),
         ) -> dict[str, Any]:
             with self.reader(url) as src:
                 found = src.point(lon, lat)
@@ -275,7 +278,7 @@ class ClusterTilerFactory(BaseFactory):
 
         @self.router.get("/statistics")
         def statistics(
-            url: str = Depends(url_param),
+            url: str = Depends(self.path_dependency),
             bbox: tuple[float, ...] = Depends(parse_bbox),
         ) -> dict[str, Any]:
             with self.reader(url) as src:
@@ -301,6 +304,12 @@ class ClusterTilerFactory(BaseFactory):
             }
 
 
+def passthrough_query(request: Request) -> str:
+    """The request's own source parameters (url, assets…), minus the document's options."""
+    drop = {"tile_format", "tile_scale", "tilematrixsetid"}
+    return urlencode([(k, v) for k, v in request.query_params.multi_items() if k.lower() not in drop])
+
+
 def check_tile_index(tms: TileMatrixSet, x: int, y: int, z: int) -> None:
     """z/x/y must exist in the TMS: 400 otherwise (TiTiler answers bad indexes with 4xx too)."""
     if not tms.minzoom <= z <= tms.maxzoom:
@@ -319,7 +328,7 @@ def wmts_document(
     tiles = factory.url_for(
         request, "tile_format", tileMatrixSetId=tms.id, z="{TileMatrix}", x="{TileCol}", y="{TileRow}", format="png"
     )
-    template = escape(f"{tiles}?{urlencode({'url': url})}")
+    template = escape(f"{tiles}?{passthrough_query(request)}")
     west, south, east, north = src.geographic_bounds()
     matrices = []
     for z in range(src.minzoom, src.maxzoom + 1):

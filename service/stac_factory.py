@@ -1,0 +1,194 @@
+"""/stac routes: search, item tiles (TiTiler's STAC conventions), item statistics, scene clustering.
+
+Subclasses the cluster factory: `url=<item>&assets=visual` resolves to the item's
+GeoTIFF asset, then every route runs through the same windows and cache as /cog.
+"""
+
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from attrs import define, field
+from fastapi import Body, Depends, Query
+from pydantic import BaseModel, Field
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from service.factory import ClusterTilerFactory
+from service.reader import ClusterReader
+from service.scenes import cluster_scenes
+from service.stac import (
+    STATS_SAMPLE,
+    ItemCache,
+    Jobs,
+    SearchParams,
+    StacBadRequest,
+    StacClient,
+    item_feature,
+    item_href,
+    raster_asset,
+    sampled_counts,
+    search_params,
+)
+
+
+class SceneSearch(BaseModel):
+    """Which items to cluster: STAC search parameters, and how to summarise each item."""
+
+    bbox: list[float] | None = Field(default=None, description="minx,miny,maxx,maxy (EPSG:4326)")
+    datetime: str | None = Field(default=None, description="RFC 3339 instant or interval")
+    collections: list[str] | None = None
+    limit: int = Field(default=50, ge=3, le=500)
+    assets: str = "visual"
+    feature: Literal["cls", "mean", "both"] = "mean"
+
+
+@define(kw_only=True)
+class StacTilerFactory(ClusterTilerFactory):
+    items: ItemCache = field(factory=ItemCache)
+    jobs: Jobs = field(factory=Jobs)
+    path_dependency: Callable[..., str] = field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        def item_asset(
+            url: Annotated[str, Query(description="STAC item URL")],
+            assets: Annotated[list[str] | None, Query(description="asset name (default: visual)")] = None,
+        ) -> str:
+            return raster_asset(self.items.get(url, self.settings), assets)[1]
+
+        self.path_dependency = item_asset
+        super().__attrs_post_init__()
+
+    def register_routes(self) -> None:
+        self.search()
+        self.tile()
+        self.tilejson()
+        self.wmts()
+        self.info()
+        self.point()
+        self.statistics()
+        self.scenes()
+
+    def search(self) -> None:
+        @self.router.get("/search")
+        def search(
+            request: Request,
+            bbox: str | None = None,
+            datetime: str | None = None,
+            collections: str | None = None,
+            limit: Annotated[int, Query(ge=1, le=1000)] = 10,
+        ) -> dict[str, Any]:
+            params = search_params(bbox, datetime, collections, limit)
+            result = StacClient(self.settings).search(params)
+            base = str(request.base_url).rstrip("/") + self.router_prefix
+            for item in result["features"]:
+                href = item_href(item, self.settings.stac_url)
+                try:
+                    asset = raster_asset(item, None)[0]
+                except StacBadRequest:
+                    continue
+                item.setdefault("links", []).append(
+                    {
+                        "rel": "cluster-tilejson",
+                        "type": "application/json",
+                        "title": "dinotiles cluster layer",
+                        "href": f"{base}/WebMercatorQuad/tilejson.json?url={_q(href)}&assets={asset}",
+                    }
+                )
+            return {
+                "type": "FeatureCollection",
+                "features": result["features"],
+                "numberReturned": len(result["features"]),
+            }
+
+    def statistics(self) -> None:
+        colors = self.engine.bundle.codebook.colors
+
+        @self.router.get("/statistics")
+        def statistics(url: str = Depends(self.path_dependency)) -> dict[str, Any]:
+            with self.reader(url) as src:
+                counts, sampled, total = sampled_counts(self.engine, src.view)
+            valid = int(counts.sum())
+            if valid == 0:
+                raise StacBadRequest("the item's sampled windows hold no valid pixels")
+            order = np.argsort(-counts, kind="stable")
+            return {
+                "clusters": [
+                    {
+                        "cluster": int(c),
+                        "share": float(counts[c] / valid),
+                        "count": int(counts[c]),
+                        "color": [int(v) for v in colors[c]],
+                    }
+                    for c in order
+                    if counts[c] > 0
+                ],
+                "sample": {
+                    "windows": sampled,
+                    "of": total,
+                    "patches": valid,
+                    "exact": sampled == total,
+                    "method": f"all windows if at most {STATS_SAMPLE}, else {STATS_SAMPLE} chosen uniformly "
+                    "at random (seed 0) among the item's windows",
+                },
+            }
+
+    def scenes(self) -> None:
+        @self.router.post("/scenes/cluster", status_code=200)
+        def cluster(request: Request, body: Annotated[SceneSearch, Body()]) -> Any:
+            params = SearchParams(
+                bbox=search_params(",".join(map(str, body.bbox)) if body.bbox else None, None, None, 1).bbox,
+                datetime=search_params(None, body.datetime, None, 1).datetime,
+                collections=tuple(body.collections or ()),
+                limit=body.limit,
+            )
+            items = StacClient(self.settings).search(params)["features"]
+            if not items:
+                return JSONResponse({"detail": "the search matched no items"}, status_code=404)
+            if len(items) < 3:
+                raise StacBadRequest(f"need at least 3 items to cluster, the search matched {len(items)}")
+
+            def work() -> dict[str, Any]:
+                return self._cluster_items(items, body)
+
+            if len(items) > self.settings.scenes_sync_max:
+                job = self.jobs.submit(work)
+                href = str(request.base_url).rstrip("/") + f"{self.router_prefix}/jobs/{job.id}"
+                return JSONResponse(
+                    {"job": job.id, "status": job.status, "href": href, "items": len(items)},
+                    status_code=202,
+                    headers={"Location": href},
+                )
+            return work()
+
+        @self.router.get("/jobs/{job_id}")
+        def job(job_id: str) -> dict[str, Any]:
+            found = self.jobs.get(job_id)
+            if found is None:
+                raise StacBadRequest(f"no job {job_id}")
+            return {"job": found.id, "status": found.status, "result": found.result, "error": found.error}
+
+    def _cluster_items(self, items: list[dict[str, Any]], body: SceneSearch) -> dict[str, Any]:
+        """Items without the asset are listed under `skipped` with the reason, never dropped silently."""
+        vectors, names, skipped = [], [], []
+        for item in items:
+            try:
+                _, href = raster_asset(item, [body.assets])
+            except StacBadRequest as exc:
+                skipped.append({"id": str(item.get("id")), "reason": str(exc)})
+                continue
+            with ClusterReader(href, self.engine, self.settings, self.supported_tms.get("WebMercatorQuad")) as src:
+                vectors.append(item_feature(self.engine, src.view, body.feature))
+            names.append(str(item.get("id")))
+        if len(vectors) < 3:
+            raise StacBadRequest(f"need at least 3 items with a {body.assets!r} asset, found {len(vectors)}")
+        out = cluster_scenes(np.stack(vectors)).as_dict(names)
+        out["feature"] = body.feature
+        out["skipped"] = skipped
+        return out
+
+
+def _q(value: str) -> str:
+    from urllib.parse import quote
+
+    return quote(value, safe="")
