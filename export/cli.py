@@ -79,11 +79,18 @@ def build_parser() -> Parser:
 
     sc = sub.add_parser("scenes", help="cluster whole scenes (UMAP + Dirichlet-process mixture)")
     ssub = sc.add_subparsers(dest="action", required=True, parser_class=Parser)
-    cl = ssub.add_parser("cluster", help="cluster a folder of images")
-    cl.add_argument("folder", type=Path)
+    cl = ssub.add_parser("cluster", help="cluster a folder of images, or the items of a STAC search")
+    cl.add_argument("folder", type=Path, nargs="?", help="images to cluster (else give STAC search options)")
     cl.add_argument(
-        "--bundle", type=Path, required=True, help="an encoder bundle (e.g. from `dinotiles export --window 224`)"
+        "--bundle",
+        type=Path,
+        help="encoder bundle (folder: e.g. `dinotiles export --window 224`; STAC: the tile bundle)",
     )
+    cl.add_argument("--bbox", help="STAC search: minx,miny,maxx,maxy")
+    cl.add_argument("--datetime", help="STAC search: RFC 3339 instant or interval")
+    cl.add_argument("--collections", help="STAC search: comma-separated collection ids")
+    cl.add_argument("--limit", type=int, default=50, help="STAC search: at most this many items")
+    cl.add_argument("--assets", default="visual", help="STAC: the asset to read")
     cl.add_argument("--feature", choices=("cls", "mean", "both"), default="mean")
     cl.add_argument("--seed", type=int, default=0)
     cl.add_argument("--out", type=Path, help="write the result as JSON here")
@@ -216,18 +223,7 @@ def cmd_scenes(args: argparse.Namespace) -> None:
     import json
 
     if args.action == "cluster":
-        from service.bundle import load_manifest
-        from service.encoder import Encoder
-        from service.scenes import cluster_scenes, folder_features, image_files
-
-        files = image_files(args.folder) if args.folder.is_dir() else []
-        if len(files) < 3:
-            raise CliError(f"need a folder with at least 3 images, got {args.folder}")
-        manifest = load_manifest(args.bundle)
-        window = manifest["window_size"]
-        encoder = Encoder(args.bundle / "model.onnx", window, manifest["patch_size"], None)
-        result = cluster_scenes(folder_features(encoder, files, window, args.feature), seed=args.seed)
-        body = result.as_dict([str(f.relative_to(args.folder)) for f in files])
+        body = cluster_folder(args) if args.folder else cluster_search(args)
         text = json.dumps(body, indent=2)
         if args.out:
             args.out.write_text(text + "\n")
@@ -252,6 +248,50 @@ def cmd_scenes(args: argparse.Namespace) -> None:
         raise CliError(str(exc)) from exc
     print(format_table(summary))
     print(f"dinotiles: results in {args.out / 'scenes_eval.json'}")
+
+
+def cluster_folder(args: argparse.Namespace) -> dict[str, object]:
+    from service.bundle import load_manifest
+    from service.encoder import Encoder
+    from service.scenes import cluster_scenes, folder_features, image_files
+
+    files = image_files(args.folder) if args.folder.is_dir() else []
+    if len(files) < 3:
+        raise CliError(f"need a folder with at least 3 images, got {args.folder}")
+    if args.bundle is None:
+        raise CliError("--bundle is required with a folder (export one with `dinotiles export --window 224`)")
+    manifest = load_manifest(args.bundle)
+    window = manifest["window_size"]
+    encoder = Encoder(args.bundle / "model.onnx", window, manifest["patch_size"], None)
+    result = cluster_scenes(folder_features(encoder, files, window, args.feature), seed=args.seed)
+    return result.as_dict([str(f.relative_to(args.folder)) for f in files])
+
+
+def cluster_search(args: argparse.Namespace) -> dict[str, object]:
+    """Items of a STAC search, each summarised from windows at 0.25 m by the tile bundle's encoder."""
+    import morecantile
+
+    from service.bundle import load_bundle
+    from service.cache import ByteLRU
+    from service.clusters import ClusterEngine
+    from service.config import Settings
+    from service.encoder import Encoder
+    from service.stac import StacBadRequest, StacClient, StacTimeout, StacUpstreamError, cluster_items, search_params
+
+    if not (args.bbox or args.collections or args.datetime):
+        raise CliError("give a folder, or STAC search options (--bbox, --datetime, --collections)")
+    settings = Settings.from_env()
+    try:
+        params = search_params(args.bbox, args.datetime, args.collections, args.limit)
+        items = StacClient(settings).search(params)["features"]
+        if not items:
+            raise CliError("the search matched no items")
+        bundle = load_bundle(args.bundle or settings.bundle)
+        engine = ClusterEngine(bundle, Encoder.for_bundle(bundle, settings.providers), ByteLRU(settings.cache_bytes))
+        tms = morecantile.tms.get("WebMercatorQuad")
+        return cluster_items(engine, settings, tms, items, args.assets, args.feature)
+    except (StacBadRequest, StacUpstreamError, StacTimeout) as exc:
+        raise CliError(str(exc)) from exc
 
 
 COMMANDS = {

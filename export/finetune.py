@@ -108,6 +108,8 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     files, labels, names = read_labelled_folder(cfg.data, cfg.classes, cfg.per_class, cfg.seed)
     model = load_weights(cfg.weights).model
+    if torch.cuda.is_available():
+        return finetune_full(cfg, model, files, labels, names)
     layers = model.config.num_hidden_layers
     if not 1 <= cfg.blocks <= layers:
         raise ValueError(f"--blocks must be between 1 and {layers}")
@@ -177,6 +179,78 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         "history": history,
         "weights": str(weights_dir),
         "source_weights": cfg.weights,
+    }
+    (cfg.out / "finetune.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def finetune_full(
+    cfg: FinetuneConfig, model: Any, files: Sequence[Path], labels: np.ndarray, names: list[str]
+) -> dict[str, Any]:
+    """With CUDA: the whole model and the head, fresh augmentations every epoch (not run on CPU-only CI)."""
+    device = torch.device("cuda")
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    model = model.to(device).train()
+    head = torch.nn.Linear(model.config.hidden_size, len(names)).to(device)
+    optim = torch.optim.AdamW(
+        [{"params": model.parameters(), "lr": cfg.lr}, {"params": head.parameters(), "lr": cfg.head_lr}],
+        weight_decay=0.05,
+    )
+    ckpt_path = cfg.out / "checkpoint.pt"
+    start_epoch, history = 0, []
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, weights_only=False, map_location=device)
+        model.load_state_dict(ckpt["model"])
+        head.load_state_dict(ckpt["head"])
+        optim.load_state_dict(ckpt["optim"])
+        start_epoch, history = ckpt["epoch"], ckpt["history"]
+    targets = torch.from_numpy(labels).to(device)
+    rng = np.random.default_rng(cfg.seed + start_epoch)
+    for epoch in range(start_epoch, cfg.epochs):
+        order = rng.permutation(len(files))
+        losses, correct = [], 0
+        for start in tqdm(range(0, len(order), cfg.batch), desc=f"epoch {epoch + 1}/{cfg.epochs} (cuda)"):
+            idx = order[start : start + cfg.batch]
+            images = np.stack([augment(load_image(files[i], SIZE), rng) for i in idx])
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                cls = model(pixel_values=normalise(images).to(device)).last_hidden_state[:, 0]
+                logits = head(cls.float())
+            loss = torch.nn.functional.cross_entropy(logits, targets[idx])
+            optim.zero_grad()
+            loss.backward()
+            optim.step()
+            losses.append(loss.item())
+            correct += int((logits.argmax(1) == targets[idx]).sum())
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "loss": float(np.mean(losses)),
+                "train_acc": correct / len(order),
+                "first_batch_loss": losses[0],
+                "last_batch_loss": losses[-1],
+            }
+        )
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "head": head.state_dict(),
+                "optim": optim.state_dict(),
+                "epoch": epoch + 1,
+                "history": history,
+            },
+            ckpt_path,
+        )
+    weights_dir = cfg.out / "weights"
+    model.eval().cpu().save_pretrained(str(weights_dir))
+    report = {
+        "classes": names,
+        "images": len(files),
+        "views": 0,
+        "blocks_trained": model.config.num_hidden_layers,
+        "history": history,
+        "weights": str(weights_dir),
+        "source_weights": cfg.weights,
+        "device": "cuda",
     }
     (cfg.out / "finetune.json").write_text(json.dumps(report, indent=2) + "\n")
     return report

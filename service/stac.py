@@ -269,6 +269,31 @@ def item_feature(engine: ClusterEngine, view: SourceView, feature: str, n: int =
     return np.mean(vectors, axis=0)
 
 
+def cluster_items(
+    engine: ClusterEngine, settings: Settings, tms: Any, items: list[dict[str, Any]], assets: str, feature: str
+) -> dict[str, Any]:
+    """Scene-cluster STAC items; items without the asset are listed under `skipped`, never dropped silently."""
+    from service.reader import ClusterReader
+    from service.scenes import cluster_scenes
+
+    vectors, names, skipped = [], [], []
+    for item in items:
+        try:
+            _, href = raster_asset(item, [assets])
+        except StacBadRequest as exc:
+            skipped.append({"id": str(item.get("id")), "reason": str(exc)})
+            continue
+        with ClusterReader(href, engine, settings, tms) as src:
+            vectors.append(item_feature(engine, src.view, feature))
+        names.append(str(item.get("id")))
+    if len(vectors) < 3:
+        raise StacBadRequest(f"need at least 3 items with a {assets!r} asset, found {len(vectors)}")
+    out = cluster_scenes(np.stack(vectors)).as_dict(names)
+    out["feature"] = feature
+    out["skipped"] = skipped
+    return out
+
+
 @dataclass
 class Job:
     id: str

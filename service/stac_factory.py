@@ -15,8 +15,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from service.factory import ClusterTilerFactory
-from service.reader import ClusterReader
-from service.scenes import cluster_scenes
 from service.stac import (
     STATS_SAMPLE,
     ItemCache,
@@ -24,7 +22,7 @@ from service.stac import (
     SearchParams,
     StacBadRequest,
     StacClient,
-    item_feature,
+    cluster_items,
     item_href,
     raster_asset,
     sampled_counts,
@@ -149,7 +147,8 @@ class StacTilerFactory(ClusterTilerFactory):
                 raise StacBadRequest(f"need at least 3 items to cluster, the search matched {len(items)}")
 
             def work() -> dict[str, Any]:
-                return self._cluster_items(items, body)
+                tms = self.supported_tms.get("WebMercatorQuad")
+                return cluster_items(self.engine, self.settings, tms, items, body.assets, body.feature)
 
             if len(items) > self.settings.scenes_sync_max:
                 job = self.jobs.submit(work)
@@ -167,25 +166,6 @@ class StacTilerFactory(ClusterTilerFactory):
             if found is None:
                 raise StacBadRequest(f"no job {job_id}")
             return {"job": found.id, "status": found.status, "result": found.result, "error": found.error}
-
-    def _cluster_items(self, items: list[dict[str, Any]], body: SceneSearch) -> dict[str, Any]:
-        """Items without the asset are listed under `skipped` with the reason, never dropped silently."""
-        vectors, names, skipped = [], [], []
-        for item in items:
-            try:
-                _, href = raster_asset(item, [body.assets])
-            except StacBadRequest as exc:
-                skipped.append({"id": str(item.get("id")), "reason": str(exc)})
-                continue
-            with ClusterReader(href, self.engine, self.settings, self.supported_tms.get("WebMercatorQuad")) as src:
-                vectors.append(item_feature(self.engine, src.view, body.feature))
-            names.append(str(item.get("id")))
-        if len(vectors) < 3:
-            raise StacBadRequest(f"need at least 3 items with a {body.assets!r} asset, found {len(vectors)}")
-        out = cluster_scenes(np.stack(vectors)).as_dict(names)
-        out["feature"] = body.feature
-        out["skipped"] = skipped
-        return out
 
 
 def _q(value: str) -> str:

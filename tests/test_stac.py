@@ -217,3 +217,20 @@ def test_malformed_stac_api_is_502(app_settings, bundle, http_server: str, sampl
     with TestClient(create_app(bad, bundle), raise_server_exceptions=False) as c:
         r = c.get("/stac/search", params={"limit": 1})
         assert r.status_code == 502, r.text
+
+
+def test_scenes_cluster_cli_from_a_stac_search(
+    stac_api: str, http_server: str, bundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    from export.cli import main
+
+    monkeypatch.setenv("DINOTILES_STAC_URL", stac_api)
+    monkeypatch.setenv("DINOTILES_ALLOWED_HOSTS", http_server.removeprefix("http://"))
+    monkeypatch.setenv("DINOTILES_BUNDLE", str(bundle.root))
+    out = tmp_path / "scenes.json"
+    assert main(["scenes", "cluster", "--collections", "aerial", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert sorted(i["id"] for i in result["items"]) == ["scene-0", "scene-1", "scene-2"]
+    assert result["skipped"][0]["id"] == "no-raster" and result["k"] == 1
+    assert main(["scenes", "cluster", "--collections", "nope"]) == 2
+    assert main(["scenes", "cluster"]) == 2
