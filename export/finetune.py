@@ -104,78 +104,54 @@ def cache_frozen(model: Any, files: Sequence[Path], frozen: int, views: int, sto
 
 
 def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
-    """Train, checkpoint each epoch, write the fine-tuned HF directory and a report."""
+    """Train (CPU: last blocks on cached views; CUDA: everything), then write the HF directory and a report."""
     torch.manual_seed(cfg.seed)
     files, labels, names = read_labelled_folder(cfg.data, cfg.classes, cfg.per_class, cfg.seed)
     model = load_weights(cfg.weights).model
-    if torch.cuda.is_available():
-        return finetune_full(cfg, model, files, labels, names)
     layers = model.config.num_hidden_layers
     if not 1 <= cfg.blocks <= layers:
         raise ValueError(f"--blocks must be between 1 and {layers}")
-    frozen = layers - cfg.blocks
     cfg.out.mkdir(parents=True, exist_ok=True)
     head = torch.nn.Linear(model.config.hidden_size, len(names))
-    for p in model.parameters():
-        p.requires_grad = False
-    trainable = [*model.encoder.layer[frozen:].parameters(), *model.layernorm.parameters()]
-    for p in trainable:
-        p.requires_grad = True
+    rng = np.random.default_rng(cfg.seed)
+    if torch.cuda.is_available():
+        device, blocks, views = torch.device("cuda"), layers, 0
+        model, head = model.to(device), head.to(device)
+        params = list(model.parameters())
+        targets = torch.from_numpy(labels).to(device)
+
+        def logits_for(idx: np.ndarray) -> torch.Tensor:
+            images = np.stack([augment(load_image(files[i], SIZE), rng) for i in idx])
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                cls = model(pixel_values=normalise(images).to(device)).last_hidden_state[:, 0]
+            return head(cls.float())
+    else:
+        device, blocks, views = torch.device("cpu"), cfg.blocks, cfg.views
+        frozen = layers - blocks
+        for p in model.parameters():
+            p.requires_grad = False
+        params = [*model.encoder.layer[frozen:].parameters(), *model.layernorm.parameters()]
+        for p in params:
+            p.requires_grad = True
+        cache = cache_frozen(model, files, frozen, views, cfg.out / "frozen_cache.npy", cfg.seed)
+        targets = torch.from_numpy(np.tile(labels, views))
+
+        def logits_for(idx: np.ndarray) -> torch.Tensor:
+            hidden = torch.from_numpy(np.asarray(cache[np.sort(idx)], dtype=np.float32))
+            return head(trainable_forward(model, hidden, frozen))
+
     optim = torch.optim.AdamW(
-        [{"params": trainable, "lr": cfg.lr}, {"params": head.parameters(), "lr": cfg.head_lr}], weight_decay=0.05
+        [{"params": params, "lr": cfg.lr}, {"params": head.parameters(), "lr": cfg.head_lr}], weight_decay=0.05
     )
-    ckpt_path = cfg.out / "checkpoint.pt"
-    start_epoch, history = 0, []
-    if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, weights_only=False)
-        model.load_state_dict(ckpt["model"])
-        head.load_state_dict(ckpt["head"])
-        optim.load_state_dict(ckpt["optim"])
-        start_epoch, history = ckpt["epoch"], ckpt["history"]
-    cache = cache_frozen(model, files, frozen, cfg.views, cfg.out / "frozen_cache.npy", cfg.seed)
-    targets = torch.from_numpy(np.tile(labels, cfg.views))
-    rng = np.random.default_rng(cfg.seed + start_epoch)
-    model.train()
-    for epoch in range(start_epoch, cfg.epochs):
-        order = rng.permutation(len(targets))
-        losses, correct = [], 0
-        for start in tqdm(range(0, len(order), cfg.batch), desc=f"epoch {epoch + 1}/{cfg.epochs}"):
-            idx = np.sort(order[start : start + cfg.batch])
-            hidden = torch.from_numpy(np.asarray(cache[idx], dtype=np.float32))
-            logits = head(trainable_forward(model, hidden, frozen))
-            loss = torch.nn.functional.cross_entropy(logits, targets[idx])
-            optim.zero_grad()
-            loss.backward()
-            optim.step()
-            losses.append(loss.item())
-            correct += int((logits.argmax(1) == targets[idx]).sum())
-        history.append(
-            {
-                "epoch": epoch + 1,
-                "loss": float(np.mean(losses)),
-                "train_acc": correct / len(order),
-                "first_batch_loss": losses[0],
-                "last_batch_loss": losses[-1],
-            }
-        )
-        torch.save(
-            {
-                "model": model.state_dict(),
-                "head": head.state_dict(),
-                "optim": optim.state_dict(),
-                "epoch": epoch + 1,
-                "history": history,
-            },
-            ckpt_path,
-        )
-    model.eval()
+    history = train(cfg, model, head, optim, targets, logits_for, device)
     weights_dir = cfg.out / "weights"
-    model.save_pretrained(str(weights_dir))
+    model.eval().cpu().save_pretrained(str(weights_dir))
     report = {
         "classes": names,
         "images": len(files),
-        "views": cfg.views,
-        "blocks_trained": cfg.blocks,
+        "views": views,
+        "blocks_trained": blocks,
+        "device": device.type,
         "history": history,
         "weights": str(weights_dir),
         "source_weights": cfg.weights,
@@ -184,18 +160,16 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     return report
 
 
-def finetune_full(
-    cfg: FinetuneConfig, model: Any, files: Sequence[Path], labels: np.ndarray, names: list[str]
-) -> dict[str, Any]:
-    """With CUDA: the whole model and the head, fresh augmentations every epoch (not run on CPU-only CI)."""
-    device = torch.device("cuda")
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    model = model.to(device).train()
-    head = torch.nn.Linear(model.config.hidden_size, len(names)).to(device)
-    optim = torch.optim.AdamW(
-        [{"params": model.parameters(), "lr": cfg.lr}, {"params": head.parameters(), "lr": cfg.head_lr}],
-        weight_decay=0.05,
-    )
+def train(
+    cfg: FinetuneConfig,
+    model: Any,
+    head: torch.nn.Module,
+    optim: torch.optim.Optimizer,
+    targets: torch.Tensor,
+    logits_for: Any,
+    device: torch.device,
+) -> list[dict[str, float]]:
+    """Epochs of cross-entropy on the head; a checkpoint after each, resumed from if present."""
     ckpt_path = cfg.out / "checkpoint.pt"
     start_epoch, history = 0, []
     if ckpt_path.exists():
@@ -204,17 +178,14 @@ def finetune_full(
         head.load_state_dict(ckpt["head"])
         optim.load_state_dict(ckpt["optim"])
         start_epoch, history = ckpt["epoch"], ckpt["history"]
-    targets = torch.from_numpy(labels).to(device)
     rng = np.random.default_rng(cfg.seed + start_epoch)
+    model.train()
     for epoch in range(start_epoch, cfg.epochs):
-        order = rng.permutation(len(files))
+        order = rng.permutation(len(targets))
         losses, correct = [], 0
-        for start in tqdm(range(0, len(order), cfg.batch), desc=f"epoch {epoch + 1}/{cfg.epochs} (cuda)"):
-            idx = order[start : start + cfg.batch]
-            images = np.stack([augment(load_image(files[i], SIZE), rng) for i in idx])
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                cls = model(pixel_values=normalise(images).to(device)).last_hidden_state[:, 0]
-                logits = head(cls.float())
+        for start in tqdm(range(0, len(order), cfg.batch), desc=f"epoch {epoch + 1}/{cfg.epochs} ({device.type})"):
+            idx = np.sort(order[start : start + cfg.batch])
+            logits = logits_for(idx)
             loss = torch.nn.functional.cross_entropy(logits, targets[idx])
             optim.zero_grad()
             loss.backward()
@@ -230,27 +201,6 @@ def finetune_full(
                 "last_batch_loss": losses[-1],
             }
         )
-        torch.save(
-            {
-                "model": model.state_dict(),
-                "head": head.state_dict(),
-                "optim": optim.state_dict(),
-                "epoch": epoch + 1,
-                "history": history,
-            },
-            ckpt_path,
-        )
-    weights_dir = cfg.out / "weights"
-    model.eval().cpu().save_pretrained(str(weights_dir))
-    report = {
-        "classes": names,
-        "images": len(files),
-        "views": 0,
-        "blocks_trained": model.config.num_hidden_layers,
-        "history": history,
-        "weights": str(weights_dir),
-        "source_weights": cfg.weights,
-        "device": "cuda",
-    }
-    (cfg.out / "finetune.json").write_text(json.dumps(report, indent=2) + "\n")
-    return report
+        state = {"model": model.state_dict(), "head": head.state_dict(), "optim": optim.state_dict()}
+        torch.save({**state, "epoch": epoch + 1, "history": history}, ckpt_path)
+    return history

@@ -283,25 +283,28 @@ class ClusterTilerFactory(BaseFactory):
         ) -> dict[str, Any]:
             with self.reader(url) as src:
                 counts, patches = src.cluster_counts(bbox)  # type: ignore[arg-type]
-            total = int(counts.sum())
-            order = np.argsort(-counts, kind="stable")
-            clusters = [
-                {
-                    "cluster": int(c),
-                    "share": float(counts[c] / total),
-                    "count": int(counts[c]),
-                    "color": [int(v) for v in colors[c]],
-                }
-                for c in order
-                if counts[c] > 0
-            ]
             return {
                 "bbox": list(bbox),
                 "gsd_m": self.engine.bundle.gsd,
                 "patches": patches,
-                "valid_patches": total,
-                "clusters": clusters,
+                "valid_patches": int(counts.sum()),
+                "clusters": cluster_shares(counts, colors),
             }
+
+
+def cluster_shares(counts: np.ndarray, colors: np.ndarray) -> list[dict[str, Any]]:
+    """Clusters present, largest share first, with their colours."""
+    total = max(1, int(counts.sum()))
+    return [
+        {
+            "cluster": int(c),
+            "share": float(counts[c] / total),
+            "count": int(counts[c]),
+            "color": [int(v) for v in colors[c]],
+        }
+        for c in np.argsort(-counts, kind="stable")
+        if counts[c] > 0
+    ]
 
 
 def passthrough_query(request: Request) -> str:

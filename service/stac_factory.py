@@ -7,14 +7,13 @@ GeoTIFF asset, then every route runs through the same windows and cache as /cog.
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-import numpy as np
 from attrs import define, field
 from fastapi import Body, Depends, Query
 from pydantic import BaseModel, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from service.factory import ClusterTilerFactory
+from service.factory import ClusterTilerFactory, cluster_shares
 from service.stac import (
     STATS_SAMPLE,
     ItemCache,
@@ -109,18 +108,8 @@ class StacTilerFactory(ClusterTilerFactory):
             valid = int(counts.sum())
             if valid == 0:
                 raise StacBadRequest("the item's sampled windows hold no valid pixels")
-            order = np.argsort(-counts, kind="stable")
             return {
-                "clusters": [
-                    {
-                        "cluster": int(c),
-                        "share": float(counts[c] / valid),
-                        "count": int(counts[c]),
-                        "color": [int(v) for v in colors[c]],
-                    }
-                    for c in order
-                    if counts[c] > 0
-                ],
+                "clusters": cluster_shares(counts, colors),
                 "sample": {
                     "windows": sampled,
                     "of": total,

@@ -163,6 +163,21 @@ def client(app_settings: Settings, bundle: Bundle) -> Iterator[TestClient]:
         yield c
 
 
+def wait_for(url: str, seconds: float = 60.0) -> None:
+    """Poll until a freshly started server answers (or fail the test)."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except OSError:
+            time.sleep(0.2)
+    pytest.fail(f"{url} did not answer within {seconds:.0f} s")
+
+
 def crop(src: Path, dst: Path, size: int) -> Path:
     """A centred size×size crop written as a tiled GeoTIFF (small real data for slow paths)."""
     with rasterio.open(src) as ds:

@@ -8,7 +8,6 @@ import shutil
 import socket
 import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -21,6 +20,7 @@ from fastapi.testclient import TestClient
 from rasterio.warp import transform_bounds
 
 from service.app import create_app
+from tests.conftest import wait_for
 
 TMS = morecantile.tms.get("WebMercatorQuad")
 RUSTAC = shutil.which("rustac") or str(Path(__file__).resolve().parent.parent / ".venv" / "bin" / "rustac")
@@ -75,12 +75,7 @@ def stac_api(
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(url + "/", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
+        wait_for(url + "/")
         yield url
     finally:
         proc.terminate()
