@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Query
 from rasterio.errors import RasterioError, RasterioIOError
-from rio_tiler.errors import RioTilerError, TileOutsideBounds
+from rio_tiler.errors import NoOverviewWarning, RioTilerError, TileOutsideBounds
 from starlette import status
 from starlette.responses import FileResponse, JSONResponse
 from starlette.staticfiles import StaticFiles
@@ -68,6 +69,7 @@ def create_app(settings: Settings | None = None, bundle: Bundle | None = None) -
     """Build the app; the bundle is loaded (and checked) once, here, not per request."""
     settings = settings or Settings.from_env()
     bundle = bundle or load_bundle(settings.bundle)
+    warnings.filterwarnings("ignore", category=NoOverviewWarning)  # small images need none; once per tile is noise
     encoder = Encoder.for_bundle(bundle, settings.providers)
     engine = ClusterEngine(bundle, encoder, ByteLRU(settings.cache_bytes))
 
