@@ -91,7 +91,7 @@ def build_parser() -> Parser:
     cl.add_argument("--collections", help="STAC search: comma-separated collection ids")
     cl.add_argument("--limit", type=int, default=50, help="STAC search: at most this many items")
     cl.add_argument("--assets", default="visual", help="STAC: the asset to read")
-    cl.add_argument("--feature", choices=("cls", "mean", "both"), default="mean")
+    cl.add_argument("--feature", choices=("cls", "mean", "both"), default="cls")
     cl.add_argument("--seed", type=int, default=0)
     cl.add_argument("--out", type=Path, help="write the result as JSON here")
     ev = ssub.add_parser("eval", help="fine-tune on half the classes, cluster the other half, score")

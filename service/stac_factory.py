@@ -37,7 +37,7 @@ class SceneSearch(BaseModel):
     collections: list[str] | None = None
     limit: int = Field(default=50, ge=3, le=500)
     assets: str = "visual"
-    feature: Literal["cls", "mean", "both"] = "mean"
+    feature: Literal["cls", "mean", "both"] = "cls"  # CLS won on AID (docs/scene-clustering.md)
 
 
 @define(kw_only=True)
