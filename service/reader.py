@@ -25,10 +25,15 @@ from rio_tiler.models import ImageData
 from service.clusters import ClusterEngine, SourceView
 from service.config import Settings
 from service.encoder import NODATA
-from service.sources import band_plan, check_url, open_dataset, source_key
-from service.windows import grid_for, ground_scale
+from service.sources import BandPlan, band_plan, check_url, open_dataset, source_key
+from service.windows import Grid, grid_for, ground_scale
 
 WGS84 = CRS.from_epsg(4326)
+
+
+# per-source facts that cost reads or transforms, keyed by source identity (path, mtime, size / URL)
+_SOURCE_META: dict[str, tuple[Grid, BandPlan]] = {}
+_ZOOMS: dict[tuple[str, str | None, int, int], int] = {}
 
 
 class BelowMinZoom(LookupError):
@@ -52,13 +57,15 @@ class ClusterReader:
     def __post_init__(self) -> None:
         path = check_url(self.url, self.settings)
         dataset = open_dataset(path)
+        key = source_key(path)
         bundle = self.engine.bundle
-        self.view = SourceView(
-            key=source_key(path),
-            reader=Reader(path, dataset=dataset, tms=self.tms),
-            grid=grid_for(dataset, bundle.gsd, bundle.patch, bundle.window),
-            plan=band_plan(dataset),
-        )
+        meta = _SOURCE_META.get(key)
+        if meta is None:  # grid and band plan depend only on the source: once per file version
+            meta = (grid_for(dataset, bundle.gsd, bundle.patch, bundle.window), band_plan(dataset))
+            _SOURCE_META[key] = meta
+            while len(_SOURCE_META) > 1024:
+                _SOURCE_META.pop(next(iter(_SOURCE_META)))
+        self.view = SourceView(key=key, reader=Reader(path, dataset=dataset, tms=self.tms), grid=meta[0], plan=meta[1])
 
     def __enter__(self) -> ClusterReader:
         return self
@@ -78,7 +85,13 @@ class ClusterReader:
 
     @property
     def minzoom(self) -> int:
-        """Lowest zoom whose worst-case tile fits in the window budget."""
+        """Lowest zoom whose worst-case tile fits in the window budget (memoised per source, TMS, budget)."""
+        memo = (self.view.key, self.tms.id, self.settings.max_windows, self.view.grid.window)
+        if memo not in _ZOOMS:
+            _ZOOMS[memo] = self._minzoom()
+        return _ZOOMS[memo]
+
+    def _minzoom(self) -> int:
         core = self.view.grid.core
         for z in range(self.maxzoom, self.tms.minzoom - 1, -1):
             rows, cols = self._tile_patch_span(z)

@@ -57,13 +57,9 @@ class StacTilerFactory(ClusterTilerFactory):
         super().__attrs_post_init__()
 
     def register_routes(self) -> None:
+        """The /cog routes (statistics overridden below for whole items), plus search and scenes."""
+        super().register_routes()
         self.search()
-        self.tile()
-        self.tilejson()
-        self.wmts()
-        self.info()
-        self.point()
-        self.statistics()
         self.scenes()
 
     def search(self) -> None:
