@@ -36,6 +36,15 @@ _SOURCE_META: dict[str, tuple[Grid, BandPlan]] = {}
 _ZOOMS: dict[tuple[str, str | None, int, int], int] = {}
 
 
+def _remember(cache: dict[Any, Any], key: Any, compute: Any, limit: int = 1024) -> Any:
+    """Memoise into a small insertion-ordered cache, dropping the oldest entries past ``limit``."""
+    if key not in cache:
+        cache[key] = compute()
+        while len(cache) > limit:
+            cache.pop(next(iter(cache)))
+    return cache[key]
+
+
 class BelowMinZoom(LookupError):
     """A tile would need more inference windows than the budget (HTTP 404)."""
 
@@ -59,12 +68,10 @@ class ClusterReader:
         dataset = open_dataset(path)
         key = source_key(path)
         bundle = self.engine.bundle
-        meta = _SOURCE_META.get(key)
-        if meta is None:  # grid and band plan depend only on the source: once per file version
-            meta = (grid_for(dataset, bundle.gsd, bundle.patch, bundle.window), band_plan(dataset))
-            _SOURCE_META[key] = meta
-            while len(_SOURCE_META) > 1024:
-                _SOURCE_META.pop(next(iter(_SOURCE_META)))
+        # grid and band plan depend only on the source: computed once per file version
+        meta = _remember(
+            _SOURCE_META, key, lambda: (grid_for(dataset, bundle.gsd, bundle.patch, bundle.window), band_plan(dataset))
+        )
         self.view = SourceView(key=key, reader=Reader(path, dataset=dataset, tms=self.tms), grid=meta[0], plan=meta[1])
 
     def __enter__(self) -> ClusterReader:
@@ -75,11 +82,9 @@ class ClusterReader:
             self.view.reader.dataset.close()
 
     # -- zooms -------------------------------------------------------------
-    def _tile_patch_span(self, z: int) -> tuple[int, int]:
+    def _tile_patch_span(self, lon: float, lat: float, z: int) -> tuple[int, int]:
         grid = self.view.grid
-        cx, cy = (grid.bounds()[0] + grid.bounds()[2]) / 2, (grid.bounds()[1] + grid.bounds()[3]) / 2
-        lon, lat = transform(grid.crs, WGS84, [cx], [cy])
-        tile = self.tms.tile(lon[0], lat[0], z)
+        tile = self.tms.tile(lon, lat, z)
         b = transform_bounds(self.tms.rasterio_crs, grid.crs, *self.tms.xy_bounds(tile), densify_pts=21)
         return math.ceil((b[3] - b[1]) / grid.cell), math.ceil((b[2] - b[0]) / grid.cell)
 
@@ -87,15 +92,14 @@ class ClusterReader:
     def minzoom(self) -> int:
         """Lowest zoom whose worst-case tile fits in the window budget (memoised per source, TMS, budget)."""
         memo = (self.view.key, self.tms.id, self.settings.max_windows, self.view.grid.window)
-        if memo not in _ZOOMS:
-            _ZOOMS[memo] = self._minzoom()
-        return _ZOOMS[memo]
+        return _remember(_ZOOMS, memo, self._minzoom)
 
     def _minzoom(self) -> int:
-        core = self.view.grid.core
+        grid = self.view.grid
+        lon, lat = transform(grid.crs, WGS84, [grid.centre()[0]], [grid.centre()[1]])
         for z in range(self.maxzoom, self.tms.minzoom - 1, -1):
-            rows, cols = self._tile_patch_span(z)
-            if (math.ceil(rows / core) + 1) * (math.ceil(cols / core) + 1) > self.settings.max_windows:
+            rows, cols = self._tile_patch_span(lon[0], lat[0], z)
+            if (math.ceil(rows / grid.core) + 1) * (math.ceil(cols / grid.core) + 1) > self.settings.max_windows:
                 return z + 1
         return self.tms.minzoom
 
@@ -104,8 +108,7 @@ class ClusterReader:
         """The zoom whose pixels are closest to the analysis GSD: deeper only magnifies."""
         bounds = self.tms.xy_bbox
         grid = self.view.grid
-        cx, cy = (grid.bounds()[0] + grid.bounds()[2]) / 2, (grid.bounds()[1] + grid.bounds()[3]) / 2
-        x, y = transform(grid.crs, self.tms.rasterio_crs, [cx], [cy])
+        x, y = transform(grid.crs, self.tms.rasterio_crs, [grid.centre()[0]], [grid.centre()[1]])
         scale = ground_scale(self.tms.rasterio_crs, x[0], y[0], step=(bounds.right - bounds.left) / 1e6)
         return self.tms.zoom_for_res(self.engine.bundle.gsd / scale)
 

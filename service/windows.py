@@ -118,6 +118,10 @@ class Grid:
     def bounds(self) -> tuple[float, float, float, float]:
         return (self.x0, self.y0 - self.rows * self.cell, self.x0 + self.cols * self.cell, self.y0)
 
+    def centre(self) -> tuple[float, float]:
+        left, bottom, right, top = self.bounds()
+        return (left + right) / 2, (bottom + top) / 2
+
 
 def grid_for(dataset: rasterio.DatasetReader, gsd: float, patch: int, window: int) -> Grid:
     """The analysis grid: source CRS and corner, pixel = ``gsd`` metres on the ground."""
