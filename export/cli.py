@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -116,16 +115,26 @@ def _bundle_path(arg: Path | None) -> Path:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
     import uvicorn
 
     from service.app import create_app
     from service.config import Settings
 
+    settings = Settings.from_env()
     if args.bundle:
-        os.environ["DINOTILES_BUNDLE"] = str(args.bundle)
-    app = create_app(Settings.from_env())
+        settings = replace(settings, bundle=args.bundle)
+    app = create_app(settings)
     print(f"dinotiles: serving on http://{args.host}:{args.port}/", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    # h11 must read a URL longer than DINOTILES_MAX_URL_LENGTH so the app can answer 414, not reset
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        h11_max_incomplete_event_size=max(65536, 2 * settings.max_url_length),
+    )
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -309,11 +318,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from export.weights import WeightsError
     from service.bundle import BundleError
-    from service.sources import SourceForbidden, SourceNotFound, SourceUnreadable
+    from service.config import SettingsError
+    from service.limits import RequestTooLarge
+    from service.sources import SourceForbidden, SourceNotFound, SourceUnreadable, UpstreamError, UpstreamTimeout
 
+    known = (CliError, BundleError, WeightsError, SettingsError, RequestTooLarge)
+    sources = (SourceForbidden, SourceNotFound, SourceUnreadable, UpstreamError, UpstreamTimeout)
     try:
         COMMANDS[args.command](args)
-    except (CliError, BundleError, WeightsError, SourceForbidden, SourceNotFound, SourceUnreadable) as exc:
+    except (*known, *sources) as exc:
         print(f"dinotiles: error: {exc}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as exc:

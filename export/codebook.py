@@ -22,6 +22,7 @@ from service.sources import band_plan, open_dataset
 from service.windows import BORDER, grid_for, read_window
 
 BATCH = 4
+MAX_PATCHES = 10**12  # an offline build reads what the operator names; the server's limit is for clients
 
 
 def tsne_colors(centroids: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -41,7 +42,7 @@ def count_windows(images: Sequence[Path], manifest: dict[str, Any]) -> int:
     total = 0
     for path in images:
         with open_dataset(str(path)) as ds:
-            g = grid_for(ds, manifest["target_gsd"], manifest["patch_size"], manifest["window_size"])
+            g = grid_for(ds, manifest["target_gsd"], manifest["patch_size"], manifest["window_size"], MAX_PATCHES)
             total += g.window_rows * g.window_cols
     return total
 
@@ -67,7 +68,7 @@ def sample_features(
     with tqdm(total=windows, desc="encoding windows", unit="win") as bar:
         for path in images:
             ds = open_dataset(str(path))
-            grid = grid_for(ds, manifest["target_gsd"], patch, window)
+            grid = grid_for(ds, manifest["target_gsd"], patch, window, MAX_PATCHES)
             plan = band_plan(ds)
             with Reader(str(path), dataset=ds) as reader:
                 cells = [(i, j) for i in range(grid.window_rows) for j in range(grid.window_cols)]

@@ -12,6 +12,7 @@ from rio_tiler.io import Reader
 from service.bundle import Bundle
 from service.cache import ByteLRU
 from service.encoder import NODATA, Encoder
+from service.limits import InferenceGate, RequestTooLarge, check_deadline
 from service.sources import BandPlan
 from service.windows import BORDER, Grid, WindowPixels, read_window
 
@@ -32,10 +33,11 @@ class SourceView:
 class ClusterEngine:
     """Maps (source, window) → uint16 cluster IDs of the window's core patches."""
 
-    def __init__(self, bundle: Bundle, encoder: Encoder, cache: ByteLRU) -> None:
+    def __init__(self, bundle: Bundle, encoder: Encoder, cache: ByteLRU, gate: InferenceGate | None = None) -> None:
         self.bundle = bundle
         self.encoder = encoder
         self.cache = cache
+        self.gate = gate or InferenceGate(max_queue=1 << 30)
         self._inflight: dict[tuple[str, str, int, int], threading.Event] = {}
         self._lock = threading.Lock()
         self.windows_encoded = 0
@@ -64,6 +66,7 @@ class ClusterEngine:
         try:
             for start in range(0, len(mine), BATCH):
                 chunk = mine[start : start + BATCH]
+                check_deadline()  # nobody waits for the rest: stop using the CPU
                 for ij, ids in zip(chunk, self._encode(view, chunk), strict=True):
                     self.cache.put(self._key(view, ij), ids)
                     out[ij] = ids
@@ -72,7 +75,8 @@ class ClusterEngine:
                 for ij in mine:
                     self._inflight.pop(self._key(view, ij)).set()
         for ij, event in waits:
-            event.wait()
+            while not event.wait(timeout=0.5):
+                check_deadline()
             hit = self.cache.get(self._key(view, ij))
             out[ij] = hit if hit is not None else self._encode(view, [ij])[0]
         return out
@@ -83,16 +87,23 @@ class ClusterEngine:
         results: list[np.ndarray | None] = [None] * len(windows)
         todo = [k for k, p in enumerate(pixels) if p.valid[core, core].mean() >= MIN_WINDOW_VALID]
         if todo:
-            ids = self.encoder.cluster_ids(np.stack([pixels[k].image for k in todo]))
+            with self.gate.admit(len(todo)):
+                ids = self.encoder.cluster_ids(np.stack([pixels[k].image for k in todo]))
             self.windows_encoded += len(todo)
             for n, k in enumerate(todo):
                 results[k] = np.where(pixels[k].valid, ids[n], NODATA)[core, core].astype(np.uint16)
         blank = np.full((view.grid.core, view.grid.core), NODATA, np.uint16)
         return [r if r is not None else blank for r in results]
 
-    def mosaic(self, view: SourceView, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
-        """Cluster IDs for patches [r0:r1, c0:c1] of the source's grid (65535 = no data)."""
+    def mosaic(self, view: SourceView, r0: int, r1: int, c0: int, c1: int, limit: int | None = None) -> np.ndarray:
+        """Cluster IDs for patches [r0:r1, c0:c1] of the source's grid (65535 = no data).
+
+        ``limit`` bounds the windows this call may need; it is checked before any is read.
+        """
         grid = view.grid
+        needed = grid.count_windows(r0, r1, c0, c1)
+        if limit is not None and needed > limit:
+            raise RequestTooLarge(f"this request needs {needed} inference windows, over its limit of {limit}")
         out = np.full((r1 - r0, c1 - c0), NODATA, np.uint16)
         for (i, j), ids in self.window_ids(view, grid.windows_for(r0, r1, c0, c1)).items():
             wr0, wc0 = i * grid.core, j * grid.core

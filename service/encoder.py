@@ -82,6 +82,9 @@ class Encoder:
         self.providers = pick_providers(providers)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # no CPU arena: ORT's arena keeps a burst's peak for the process's life; without it large
+        # buffers go back to the OS after each run (benchmarks/load.py measures RSS after a burst)
+        options.enable_cpu_mem_arena = False
         self.session = ort.InferenceSession(str(model_path), options, providers=self.providers)
         self.assigner = ort.InferenceSession(assignment_graph(codebook), providers=self.providers) if codebook else None
         self.grid = window // patch

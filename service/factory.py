@@ -29,6 +29,7 @@ from titiler.core.models.mapbox import TileJSON
 from service.clusters import ClusterEngine
 from service.config import Settings
 from service.encoder import NODATA
+from service.limits import parse_bbox
 from service.reader import ClusterReader
 
 
@@ -66,18 +67,10 @@ def path_format(format: Annotated[ClusterFormat, Path()]) -> ClusterFormat:
     return format
 
 
-def parse_bbox(bbox: Annotated[str, Query(description="minx,miny,maxx,maxy in EPSG:4326")]) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in bbox.split(","))
-    except ValueError as exc:
-        raise BadRequestError(f"bbox must be 4 numbers, got {bbox!r}") from exc
-    if len(values) != 4 or not (values[0] < values[2] and values[1] < values[3]):
-        raise BadRequestError("bbox must be minx,miny,maxx,maxy with minx < maxx and miny < maxy")
-    if not (
-        -180 <= values[0] <= 180 and -180 <= values[2] <= 180 and -90 <= values[1] <= 90 and -90 <= values[3] <= 90
-    ):
-        raise BadRequestError("bbox must be in EPSG:4326 degrees")
-    return values
+def bbox_query(
+    bbox: Annotated[str, Query(description="minx,miny,maxx,maxy in EPSG:4326 (minx > maxx crosses ±180°)")],
+) -> tuple[float, float, float, float]:
+    return parse_bbox(bbox)
 
 
 def colorize(ids: np.ndarray, colors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -279,7 +272,7 @@ class ClusterTilerFactory(BaseFactory):
         @self.router.get("/statistics")
         def statistics(
             url: str = Depends(self.path_dependency),
-            bbox: tuple[float, ...] = Depends(parse_bbox),
+            bbox: tuple[float, ...] = Depends(bbox_query),
         ) -> dict[str, Any]:
             with self.reader(url) as src:
                 counts, patches = src.cluster_counts(bbox)  # type: ignore[arg-type]

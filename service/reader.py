@@ -8,24 +8,35 @@ samples the same cluster raster.
 from __future__ import annotations
 
 import math
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import rasterio
 from morecantile import Tile, TileMatrixSet
-from pyproj import Geod
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.transform import from_bounds
 from rasterio.warp import reproject, transform, transform_bounds
 from rio_tiler.errors import TileOutsideBounds
-from rio_tiler.io import Reader
 from rio_tiler.models import ImageData
 
 from service.clusters import ClusterEngine, SourceView
 from service.config import Settings
 from service.encoder import NODATA
-from service.sources import BandPlan, band_plan, check_url, open_dataset, source_key
+from service.limits import RequestTooLarge, bbox_area_m2, split_antimeridian
+from service.sources import (
+    BandPlan,
+    ReadLimits,
+    SourceUnreadable,
+    band_plan,
+    dataset_fingerprint,
+    gdal_env,
+    guarded_reader,
+    open_dataset,
+    resolve_source,
+)
 from service.windows import Grid, grid_for, ground_scale
 
 WGS84 = CRS.from_epsg(4326)
@@ -49,7 +60,7 @@ class BelowMinZoom(LookupError):
     """A tile would need more inference windows than the budget (HTTP 404)."""
 
 
-class AreaTooLarge(ValueError):
+class AreaTooLarge(RequestTooLarge):
     """A statistics area over the configured size (HTTP 400)."""
 
 
@@ -63,23 +74,40 @@ class ClusterReader:
     tms: TileMatrixSet
     view: SourceView = field(init=False)
 
+    _stack: ExitStack = field(init=False, default_factory=ExitStack)
+
     def __post_init__(self) -> None:
-        path = check_url(self.url, self.settings)
-        dataset = open_dataset(path)
-        key = source_key(path)
-        bundle = self.engine.bundle
+        # GDAL options (timeouts, egress proxy) hold for everything read until __exit__
+        self._stack.enter_context(rasterio.Env(**gdal_env(self.settings)))
+        try:
+            self._open()
+        except BaseException:
+            self._stack.close()
+            raise
+
+    def _open(self) -> None:
+        source = resolve_source(self.url, self.settings)
+        dataset = self._stack.enter_context(open_dataset(source.path))
+        key = source.key if not source.key.startswith("s3://") else f"{source.key}#{dataset_fingerprint(dataset)}"
+        bundle, settings = self.engine.bundle, self.settings
         # grid and band plan depend only on the source: computed once per file version
         meta = _remember(
-            _SOURCE_META, key, lambda: (grid_for(dataset, bundle.gsd, bundle.patch, bundle.window), band_plan(dataset))
+            _SOURCE_META,
+            key,
+            lambda: (
+                grid_for(dataset, bundle.gsd, bundle.patch, bundle.window, settings.max_scene_patches),
+                band_plan(dataset),
+            ),
         )
-        self.view = SourceView(key=key, reader=Reader(path, dataset=dataset, tms=self.tms), grid=meta[0], plan=meta[1])
+        reader_cls = guarded_reader(ReadLimits.of(settings))
+        reader = reader_cls(source.path, dataset=dataset, tms=self.tms)
+        self.view = SourceView(key=key, reader=reader, grid=meta[0], plan=meta[1])
 
     def __enter__(self) -> ClusterReader:
         return self
 
     def __exit__(self, *args: object) -> None:
-        if self.view.reader.dataset is not None:
-            self.view.reader.dataset.close()
+        self._stack.close()
 
     # -- zooms -------------------------------------------------------------
     def _tile_patch_span(self, lon: float, lat: float, z: int) -> tuple[int, int]:
@@ -129,7 +157,7 @@ class ClusterReader:
         span = grid.patch_range(footprint)
         if span is None:
             raise TileOutsideBounds(f"Tile(x={x}, y={y}, z={z}) is outside bounds")
-        mosaic = self.engine.mosaic(self.view, *span)
+        mosaic = self.engine.mosaic(self.view, *span, limit=self.settings.max_windows)
         ids = np.full((1, tilesize, tilesize), NODATA, np.uint16)
         dst_transform = from_bounds(*tile_bounds, tilesize, tilesize)
         reproject(
@@ -157,35 +185,46 @@ class ClusterReader:
         rc = grid.patch_at(xs[0], ys[0])
         if rc is None:
             raise TileOutsideBounds(f"point ({lon}, {lat}) is outside the image")
-        value = int(self.engine.mosaic(self.view, rc[0], rc[0] + 1, rc[1], rc[1] + 1)[0, 0])
+        value = int(self.engine.mosaic(self.view, rc[0], rc[0] + 1, rc[1], rc[1] + 1, limit=1)[0, 0])
         return {"cluster": None if value == NODATA else value, "patch": {"row": rc[0], "col": rc[1]}}
 
     def cluster_counts(self, bbox: tuple[float, float, float, float]) -> tuple[np.ndarray, int]:
-        """Counts per cluster of the patches whose centre lies in the EPSG:4326 bbox."""
-        grid = self.view.grid
-        area = _geodesic_area(bbox)
+        """Counts per cluster of the patches whose centre lies in the EPSG:4326 bbox (minx > maxx crosses ±180°)."""
+        area = bbox_area_m2(bbox)
         if area > self.settings.max_stats_area_m2:
             raise AreaTooLarge(
                 f"area of {area:,.0f} m² is over the limit of {self.settings.max_stats_area_m2:,.0f} m² "
                 "(DINOTILES_MAX_STATS_AREA_M2)"
             )
-        span = grid.patch_range(transform_bounds(WGS84, grid.crs, *bbox, densify_pts=21))
-        if span is None:
+        grid = self.view.grid
+        spans = []
+        for part in split_antimeridian(bbox):
+            try:
+                footprint = transform_bounds(WGS84, grid.crs, *part, densify_pts=21)
+            except Exception as exc:
+                raise SourceUnreadable(f"bbox {part} cannot be placed on the image's grid: {exc}") from exc
+            span = grid.patch_range(footprint) if all(map(math.isfinite, footprint)) else None
+            if span is not None:
+                spans.append((part, span))
+        if not spans:
             raise TileOutsideBounds("bbox does not intersect the image")
-        r0, r1, c0, c1 = span
-        ids = self.engine.mosaic(self.view, r0, r1, c0, c1)
-        rows, cols = np.mgrid[r0:r1, c0:c1]
-        xs = grid.x0 + (cols + 0.5) * grid.cell
-        ys = grid.y0 - (rows + 0.5) * grid.cell
-        lon, lat = transform(grid.crs, WGS84, xs.ravel().tolist(), ys.ravel().tolist())
-        lon_a, lat_a = np.asarray(lon), np.asarray(lat)
-        inside = (lon_a >= bbox[0]) & (lon_a <= bbox[2]) & (lat_a >= bbox[1]) & (lat_a <= bbox[3])
-        values = ids.ravel()[inside]
-        valid = values[values != NODATA]
-        return np.bincount(valid, minlength=self.engine.bundle.codebook.k), int(values.size)
-
-
-def _geodesic_area(bbox: tuple[float, float, float, float]) -> float:
-    left, bottom, right, top = bbox
-    area, _ = Geod(ellps="WGS84").polygon_area_perimeter([left, right, right, left], [bottom, bottom, top, top])
-    return abs(area)
+        windows = sum(grid.count_windows(*span) for _, span in spans)
+        if windows > self.settings.max_request_windows:
+            raise RequestTooLarge(
+                f"the bbox needs {windows} inference windows, over DINOTILES_MAX_REQUEST_WINDOWS="
+                f"{self.settings.max_request_windows}"
+            )
+        counts = np.zeros(self.engine.bundle.codebook.k, np.int64)
+        patches = 0
+        for part, (r0, r1, c0, c1) in spans:
+            ids = self.engine.mosaic(self.view, r0, r1, c0, c1, limit=self.settings.max_request_windows)
+            rows, cols = np.mgrid[r0:r1, c0:c1]
+            xs = grid.x0 + (cols + 0.5) * grid.cell
+            ys = grid.y0 - (rows + 0.5) * grid.cell
+            lon, lat = transform(grid.crs, WGS84, xs.ravel().tolist(), ys.ravel().tolist())
+            lon_a, lat_a = np.asarray(lon), np.asarray(lat)
+            inside = (lon_a >= part[0]) & (lon_a <= part[2]) & (lat_a >= part[1]) & (lat_a <= part[3])
+            values = ids.ravel()[inside]
+            counts += np.bincount(values[values != NODATA], minlength=counts.size)
+            patches += int(values.size)
+        return counts, patches

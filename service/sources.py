@@ -1,69 +1,107 @@
-"""Which URLs may be read (SSRF guard) and how a source is opened and identified."""
+"""Which URLs may be read, how a source is opened, and how it is identified: one guarded path.
+
+Every route that opens a raster (cluster tiles, TiTiler's /rgb, STAC items, statistics, render)
+comes through here:
+- ``check_url``: the URL itself (scheme, host, bucket, local root), before anything is touched;
+- ``resolve_source``: for http(s), a HEAD that follows at most 3 redirects *itself*, each hop
+  checked like the first, and yields the ETag/Last-Modified that makes the cache key;
+- ``gdal_env``: GDAL options for every read, scoped with ``rasterio.Env`` (never process-wide):
+  timeouts, no retries, no sidecar files, and the egress proxy that re-checks every hop GDAL
+  makes on its own (redirects included);
+- ``GuardedReader``: rio-tiler's Reader that opens the GeoTIFF driver only (a VRT can name any
+  file or host, whatever its file name says) and refuses reads whose output or source pixels
+  exceed the limits, or that name bands the file does not have.
+"""
 
 from __future__ import annotations
 
+import math
 import os
+import re
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from typing import Any, ClassVar
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
+import attr
+import httpx
 import numpy as np
 import rasterio
-from rasterio.errors import RasterioIOError
+from rasterio.errors import RasterioError
+from rasterio.warp import transform_bounds
+from rio_tiler.io import Reader
 
 from service.config import Settings
+from service.egress import egress_proxy
+from service.limits import RequestTooLarge, check_deadline
 
 READ_DRIVERS = "GTiff"
-GDAL_ENV = {
-    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
-    "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.TIFF",
-    "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
-    "GDAL_HTTP_MULTIPLEX": "YES",
-    "VSI_CACHE": "TRUE",
-}
-for _key, _value in GDAL_ENV.items():  # COG-friendly defaults for every read; the environment may override
-    os.environ.setdefault(_key, _value)
+MAX_REDIRECTS = 3
+BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+S3_HOST = re.compile(r"^(?P<bucket>[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])\.s3([.\-][a-z0-9\-]+)*\.amazonaws\.com$")
 
 
 class SourceForbidden(PermissionError):
-    """The URL is outside the local roots or the host allowlist (HTTP 403)."""
+    """The URL is outside the local roots or the allowlists (HTTP 403)."""
 
 
 class SourceNotFound(FileNotFoundError):
-    """An allowed local path that does not exist (HTTP 404)."""
+    """An allowed source that does not exist (HTTP 404)."""
 
 
 class SourceUnreadable(ValueError):
-    """Not a raster we can read: corrupt, not GeoTIFF, unsupported bands (HTTP 400)."""
+    """Not a raster we can read: corrupt, not GeoTIFF, unsupported bands, malformed URL (HTTP 400)."""
 
 
+class UpstreamError(ConnectionError):
+    """The remote host failed: refused, unreachable, 403/5xx from the bucket (HTTP 502)."""
+
+
+class UpstreamTimeout(TimeoutError):
+    """The remote host did not answer in time (HTTP 504)."""
+
+
+# -- the URL itself -------------------------------------------------------------------------
 def _host_allowed(host: str, port: int | None, allowed: tuple[str, ...]) -> bool:
     host = host.lower()
     return host in allowed or (port is not None and f"{host}:{port}" in allowed)
 
 
 def check_url(url: str, settings: Settings) -> str:
-    """Return what GDAL should open, or raise before anything is touched."""
-    if not url or "\x00" in url:
-        raise SourceForbidden("url is empty or malformed")
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
+    """Return what GDAL should open (normalised), or raise before anything is touched."""
+    if not url or any(c in url for c in "\x00\r\n\t"):
+        raise SourceUnreadable("url is empty or holds control characters")
+    try:
+        parts = urlsplit(url.strip())
+        scheme = parts.scheme.lower()
+        host = (parts.hostname or "").lower()
+        port = parts.port
+    except ValueError as exc:
+        raise SourceUnreadable(f"url is malformed: {exc}") from exc
     if scheme in ("http", "https"):
-        if not parts.hostname or not _host_allowed(parts.hostname, parts.port, settings.allowed_hosts):
-            raise SourceForbidden(f"host {parts.netloc!r} is not in DINOTILES_ALLOWED_HOSTS")
-        return url
+        if not host or parts.username or parts.password:
+            raise SourceUnreadable("http(s) url needs a host and no credentials")
+        if not _host_allowed(host, port, settings.allowed_hosts):
+            raise SourceForbidden(f"host {parts.netloc.lower()!r} is not in DINOTILES_ALLOWED_HOSTS")
+        netloc = f"[{host}]" if ":" in host else host
+        netloc += f":{port}" if port is not None else ""
+        return urlunsplit((scheme, netloc, parts.path, parts.query, ""))
     if scheme == "s3":
         bucket = parts.netloc.lower()
-        if not _host_allowed(bucket, None, settings.allowed_hosts) and not _host_allowed(
-            f"{bucket}.s3.amazonaws.com", None, settings.allowed_hosts
-        ):
-            raise SourceForbidden(f"bucket {bucket!r} is not in DINOTILES_ALLOWED_HOSTS")
-        return url
+        if not BUCKET_NAME.match(bucket):
+            raise SourceUnreadable(f"s3 bucket name {bucket!r} is malformed")
+        if bucket not in settings.allowed_buckets:
+            raise SourceForbidden(f"bucket {bucket!r} is not in DINOTILES_ALLOWED_BUCKETS")
+        return urlunsplit(("s3", bucket, parts.path, "", ""))
     if scheme in ("", "file") and not url.startswith("/vsi"):
-        path = Path(parts.path if scheme == "file" else url)
-        real = Path(os.path.realpath(path))
+        raw = parts.path if scheme == "file" else url
+        if not raw.startswith("/"):
+            raise SourceForbidden("local paths must be absolute and under DINOTILES_LOCAL_ROOTS")
+        real = Path(os.path.realpath(raw))
         roots = [Path(os.path.realpath(r)) for r in settings.local_roots]
-        if not any(real == r or real.is_relative_to(r) for r in roots):
+        if not any(real == r or real.is_relative_to(r) for r in roots) or str(real).startswith("/vsi"):
             raise SourceForbidden("local path is outside DINOTILES_LOCAL_ROOTS")
         if not real.is_file():
             raise SourceNotFound(f"no file at {url}")
@@ -71,26 +109,273 @@ def check_url(url: str, settings: Settings) -> str:
     raise SourceForbidden(f"url scheme {scheme or url[:5]!r} is not allowed (local path, http(s) or s3 only)")
 
 
-def source_key(path: str) -> str:
-    """Identity for the cache: a changed local file gets new IDs, a URL is itself."""
-    if path.startswith(("http://", "https://", "s3://")):
-        return path
-    st = os.stat(path)
-    return f"{path}:{st.st_mtime_ns}:{st.st_size}"
+# -- remote sources: redirects checked hop by hop, identity from the validators ---------------
+@dataclass(frozen=True)
+class Source:
+    """A checked source: what GDAL opens, and the identity the cache keys on."""
+
+    path: str
+    key: str
+
+
+_PROBES: dict[str, tuple[float, Source]] = {}
+_PROBE_LOCK = threading.Lock()
+
+
+def _http_client(settings: Settings) -> httpx.Client:
+    timeout = httpx.Timeout(settings.http_timeout, connect=settings.http_connect_timeout)
+    return httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False)
+
+
+def _probe(url: str, settings: Settings) -> Source:
+    """HEAD the URL, following redirects ourselves so every hop meets the allowlist."""
+    current = url
+    with _http_client(settings) as client:
+        for _ in range(MAX_REDIRECTS + 1):
+            try:
+                response = client.head(current)
+                if response.status_code in (405, 501):  # hosts without HEAD: one byte instead
+                    response = client.get(current, headers={"Range": "bytes=0-0"})
+            except httpx.TimeoutException as exc:
+                raise UpstreamTimeout(f"{urlsplit(current).netloc} did not answer within the timeout") from exc
+            except httpx.HTTPError as exc:
+                raise UpstreamError(f"cannot reach {urlsplit(current).netloc}: {exc}") from exc
+            if response.is_redirect:
+                target = urljoin(current, response.headers.get("location", ""))
+                if urlsplit(target).scheme.lower() not in ("http", "https"):
+                    raise SourceForbidden(f"{url} redirects to a non-http location")
+                try:
+                    current = check_url(target, settings)
+                except SourceForbidden as exc:
+                    raise SourceForbidden(f"{url} redirects off the allowlist: {exc}") from exc
+                continue
+            if response.status_code in (404, 410):
+                raise SourceNotFound(f"no file at {url} (HTTP {response.status_code})")
+            if response.status_code >= 400:
+                raise UpstreamError(f"{urlsplit(current).netloc} answered HTTP {response.status_code} for {url}")
+            h = response.headers
+            validator = "|".join(h.get(k, "") for k in ("etag", "last-modified", "content-length"))
+            return Source(current, f"{current}#{validator}")
+    raise SourceForbidden(f"{url} redirects more than {MAX_REDIRECTS} times")
+
+
+def resolve_source(url: str, settings: Settings) -> Source:
+    """Check ``url`` and name its current version (remote validators revalidated every few seconds)."""
+    target = check_url(url, settings)
+    if target.startswith(("http://", "https://")):
+        now = time.monotonic()
+        with _PROBE_LOCK:
+            hit = _PROBES.get(target)
+        if hit and hit[0] > now:
+            return hit[1]
+        source = _probe(target, settings)
+        with _PROBE_LOCK:
+            _PROBES[target] = (now + settings.revalidate_seconds, source)
+            while len(_PROBES) > 4096:
+                _PROBES.pop(next(iter(_PROBES)))
+        return source
+    if target.startswith("s3://"):
+        return Source(target, target)  # completed by dataset_fingerprint once open
+    st = os.stat(target)
+    return Source(target, f"{target}:{st.st_mtime_ns}:{st.st_size}")
+
+
+def dataset_fingerprint(dataset: Any) -> str:
+    """Cheap content identity from the TIFF's own layout: a rewritten object changes its block offsets."""
+    bits = [str(dataset.width), str(dataset.height), str(dataset.count)]
+    for item in ("BLOCK_OFFSET_0_0", "BLOCK_SIZE_0_0"):
+        try:
+            bits.append(str(dataset.get_tag_item(item, "TIFF", bidx=1)))
+        except Exception:  # drivers without the TIFF domain: dimensions alone
+            bits.append("")
+    return ":".join(bits)
+
+
+# -- GDAL options, scoped per read ------------------------------------------------------------
+def _egress_policy(settings: Settings) -> Any:
+    endpoint = os.environ.get("AWS_S3_ENDPOINT", "").lower()
+    endpoint_host = urlsplit(endpoint if "://" in endpoint else f"//{endpoint}").hostname if endpoint else None
+
+    def allowed(host: str, port: int) -> bool:
+        if _host_allowed(host, port, settings.allowed_hosts):
+            return True
+        if endpoint_host and host == endpoint_host and settings.allowed_buckets:
+            return True  # path-style S3 endpoint: the bucket was checked by check_url
+        match = S3_HOST.match(host)
+        return bool(match and match["bucket"] in settings.allowed_buckets)
+
+    return allowed
+
+
+def gdal_env(settings: Settings) -> dict[str, str]:
+    """GDAL options for every read of this app: COG-friendly, bounded in time, through the egress proxy."""
+    key = (settings.allowed_hosts, settings.allowed_buckets, settings.http_timeout, settings.http_connect_timeout)
+    proxy = egress_proxy(key, _egress_policy(settings), settings.http_timeout, settings.http_connect_timeout)
+    timeout = str(max(1, math.ceil(settings.http_timeout)))
+    return {
+        "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",  # no sidecar (.ovr/.aux.xml/.msk) lookups
+        "GDAL_PAM_ENABLED": "NO",
+        "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.TIFF",
+        "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
+        "GDAL_HTTP_MULTIPLEX": "YES",
+        "VSI_CACHE": "TRUE",
+        "GDAL_HTTP_TIMEOUT": timeout,
+        "GDAL_HTTP_CONNECTTIMEOUT": str(max(1, math.ceil(settings.http_connect_timeout))),
+        "GDAL_HTTP_LOW_SPEED_TIME": timeout,
+        "GDAL_HTTP_LOW_SPEED_LIMIT": "1",
+        "GDAL_HTTP_MAX_RETRY": "0",
+        "GDAL_HTTP_PROXY": "{}:{}".format(*proxy.server_address[:2]),
+    }
+
+
+# -- opening ----------------------------------------------------------------------------------
+def classify_error(path: str, exc: Exception) -> Exception:
+    """A GDAL failure as the error a client can act on: remote trouble is 502/504, a bad file 400."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    remote = path.startswith(("http://", "https://", "s3://", "/vsicurl/", "/vsis3/"))
+    lower = text.lower()
+    if remote:
+        if "timed out" in lower or "timeout" in lower:
+            return UpstreamTimeout(f"reading {path} timed out: {text}")
+        code = re.search(r"HTTP response code: (\d+)", text)
+        if code and code[1] in ("404", "410"):
+            return SourceNotFound(f"no file at {path} (HTTP {code[1]})")
+        if code or any(s in lower for s in ("resolve", "connect", "refused", "curl", "ssl", "reset")):
+            return UpstreamError(f"reading {path} failed upstream: {text}")
+    return SourceUnreadable(f"cannot read {path.rsplit('/', 1)[-1]} as a GeoTIFF: {text}")
 
 
 def open_dataset(path: str) -> rasterio.DatasetReader:
-    """Open GeoTIFFs only: a VRT could point GDAL at any host."""
+    """Open GeoTIFFs only, with georeferencing: a VRT could point GDAL at any file or host."""
+    if path.startswith("/vsi"):
+        raise SourceForbidden("GDAL virtual file systems are not allowed")
     try:
         dataset = rasterio.open(path, driver=READ_DRIVERS)
-    except RasterioIOError as exc:
-        raise SourceUnreadable(f"cannot read {path} as a GeoTIFF: {str(exc).splitlines()[0]}") from exc
+    except RasterioError as exc:
+        raise classify_error(path, exc) from exc
     if dataset.crs is None or dataset.transform.is_identity:
         dataset.close()
         raise SourceUnreadable("the raster has no georeferencing (CRS and transform)")
     return dataset
 
 
+@dataclass(frozen=True)
+class ReadLimits:
+    max_output_size: int = 2048
+    max_read_pixels: int = 100_000_000
+
+    @classmethod
+    def of(cls, settings: Settings) -> ReadLimits:
+        return cls(settings.max_output_size, settings.max_read_pixels)
+
+
+def _output_shape(
+    src_w: float, src_h: float, width: int | None, height: int | None, max_size: int | None
+) -> tuple[int, int]:
+    """The (width, height) rio-tiler will produce for these options."""
+    if width and height:
+        return width, height
+    if width:
+        return width, max(1, math.ceil(width * src_h / max(src_w, 1e-9)))
+    if height:
+        return max(1, math.ceil(height * src_w / max(src_h, 1e-9))), height
+    w, h = max(1, math.ceil(src_w)), max(1, math.ceil(src_h))
+    if max_size and max(w, h) > max_size:
+        ratio = max_size / max(w, h)
+        return max(1, round(w * ratio)), max(1, round(h * ratio))
+    return w, h
+
+
+@attr.s
+class GuardedReader(Reader):
+    """rio-tiler's Reader through the guarded path: GeoTIFF driver only, output and reads bounded.
+
+    TiTiler builds readers as ``reader(url, tms=…)``, so the limits are a class attribute:
+    ``guarded_reader(limits)`` makes the subclass an app uses.
+    """
+
+    limits: ClassVar[ReadLimits] = ReadLimits()
+
+    def __attrs_post_init__(self) -> None:
+        if self.dataset is None:
+            self.dataset = self._ctx_stack.enter_context(open_dataset(str(self.input)))
+        super().__attrs_post_init__()
+
+    @property
+    def _ds(self) -> Any:
+        return self.dataset
+
+    # -- checks ---------------------------------------------------------------------------
+    def _check_bands(self, indexes: Any, expression: str | None) -> None:
+        count = self._ds.count
+        wanted = [indexes] if isinstance(indexes, int) else list(indexes or [])
+        if expression:
+            wanted += [int(b) for b in re.findall(r"\bb(\d+)\b", expression)]
+        bad = [i for i in wanted if not 1 <= int(i) <= count]
+        if bad:
+            raise SourceUnreadable(f"band(s) {bad} out of range: the raster has bands 1..{count}")
+
+    def _check_size(self, src_w: float, src_h: float, width: Any, height: Any, max_size: Any) -> None:
+        out_w, out_h = _output_shape(src_w, src_h, width, height, max_size)
+        limit = self.limits.max_output_size
+        if out_w > limit or out_h > limit:
+            raise RequestTooLarge(
+                f"output of {out_w}x{out_h} px is over the limit of {limit} px a side (DINOTILES_MAX_OUTPUT_SIZE)"
+            )
+        decimation = max(src_w / out_w, src_h / out_h, 1.0)
+        factors = [1, *self._ds.overviews(1)] if hasattr(self.dataset, "overviews") else [1]
+        factor = max(f for f in factors if f <= decimation * 1.2)
+        touched = (src_w / factor) * (src_h / factor)
+        if touched > self.limits.max_read_pixels:
+            raise RequestTooLarge(
+                f"this read would touch {touched:,.0f} source pixels, over DINOTILES_MAX_READ_PIXELS="
+                f"{self.limits.max_read_pixels:,} (the file lacks overviews for this scale: make it a COG)"
+            )
+
+    def _guarded(self, call: Any) -> Any:
+        check_deadline("reading the source")
+        try:
+            return call()
+        except RasterioError as exc:
+            raise classify_error(str(self.input), exc) from exc
+
+    # -- rio-tiler's reads (tile, feature → part; preview, statistics → read) -----------------
+    def part(self, bbox: Any, *args: Any, **kwargs: Any) -> Any:
+        self._check_bands(kwargs.get("indexes"), kwargs.get("expression"))
+        bounds_crs = kwargs.get("bounds_crs") or rasterio.crs.CRS.from_epsg(4326)
+        try:
+            left, bottom, right, top = transform_bounds(bounds_crs, self._ds.crs, *bbox, densify_pts=21)
+        except Exception as exc:
+            raise SourceUnreadable(f"bbox {bbox} cannot be placed on the raster: {exc}") from exc
+        res_x, res_y = abs(self._ds.transform.a), abs(self._ds.transform.e)
+        if not all(map(math.isfinite, (left, bottom, right, top))):
+            raise SourceUnreadable("bbox lies outside the raster's coordinate system")
+        src_w = min((right - left) / res_x, self._ds.width * 4.0)
+        src_h = min((top - bottom) / res_y, self._ds.height * 4.0)
+        self._check_size(src_w, src_h, kwargs.get("width"), kwargs.get("height"), kwargs.get("max_size"))
+        return self._guarded(lambda: super(GuardedReader, self).part(bbox, *args, **kwargs))
+
+    def read(self, *args: Any, **kwargs: Any) -> Any:
+        self._check_bands(kwargs.get("indexes"), kwargs.get("expression"))
+        self._check_size(
+            self._ds.width, self._ds.height, kwargs.get("width"), kwargs.get("height"), kwargs.get("max_size")
+        )
+        return self._guarded(lambda: super(GuardedReader, self).read(*args, **kwargs))
+
+    def point(self, *args: Any, **kwargs: Any) -> Any:
+        self._check_bands(kwargs.get("indexes"), kwargs.get("expression"))
+        return self._guarded(lambda: super(GuardedReader, self).point(*args, **kwargs))
+
+    def info(self) -> Any:
+        return self._guarded(lambda: super(GuardedReader, self).info())
+
+
+def guarded_reader(limits: ReadLimits) -> type[GuardedReader]:
+    """A GuardedReader class bound to one app's limits (TiTiler instantiates the class itself)."""
+    return type("AppGuardedReader", (GuardedReader,), {"limits": limits})
+
+
+# -- bands ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class BandPlan:
     """How a source becomes 8-bit RGB: which bands, and a fixed per-source rescale.
@@ -135,9 +420,12 @@ def band_plan(dataset: rasterio.DatasetReader) -> BandPlan:
     if dtype.kind not in "uif":
         raise SourceUnreadable(f"unsupported pixel type {dtype}")
     scale = max(1, max(dataset.width, dataset.height) // 1024)
-    sample = dataset.read(
-        list(indexes), out_shape=(3, max(1, dataset.height // scale), max(1, dataset.width // scale)), masked=True
-    )
+    try:
+        sample = dataset.read(
+            list(indexes), out_shape=(3, max(1, dataset.height // scale), max(1, dataset.width // scale)), masked=True
+        )
+    except RasterioError as exc:
+        raise classify_error(dataset.name, exc) from exc
     lows, highs = [], []
     for band in sample:
         values = band.compressed()

@@ -23,6 +23,7 @@ import numpy as np
 from service.clusters import ClusterEngine, SourceView
 from service.config import Settings
 from service.encoder import NODATA
+from service.limits import parse_bbox
 from service.sources import check_url
 from service.windows import BORDER, read_window
 
@@ -61,18 +62,9 @@ class SearchParams:
         return q
 
 
-def parse_bbox(text: str | None) -> tuple[float, float, float, float] | None:
-    if not text:
-        return None
-    try:
-        v = [float(x) for x in text.split(",")]
-    except ValueError as exc:
-        raise StacBadRequest(f"bbox must be 4 numbers, got {text!r}") from exc
-    if len(v) != 4 or not (v[0] < v[2] and v[1] < v[3]):
-        raise StacBadRequest("bbox must be minx,miny,maxx,maxy with minx < maxx and miny < maxy")
-    if not (-180 <= v[0] <= 180 and -180 <= v[2] <= 180 and -90 <= v[1] <= 90 and -90 <= v[3] <= 90):
-        raise StacBadRequest("bbox must be in EPSG:4326 degrees")
-    return (v[0], v[1], v[2], v[3])
+def optional_bbox(text: str | None) -> tuple[float, float, float, float] | None:
+    """A search's bbox, if any (the one parser, so /stac and /cog agree on what a bbox is)."""
+    return parse_bbox(text) if text else None
 
 
 def parse_datetime(text: str | None) -> str | None:
@@ -99,7 +91,7 @@ def parse_datetime(text: str | None) -> str | None:
 
 def search_params(bbox: str | None, dt: str | None, collections: str | None, limit: int) -> SearchParams:
     cols = tuple(c.strip() for c in (collections or "").split(",") if c.strip())
-    return SearchParams(parse_bbox(bbox), parse_datetime(dt), cols, limit)
+    return SearchParams(optional_bbox(bbox), parse_datetime(dt), cols, limit)
 
 
 class StacClient:
@@ -215,7 +207,11 @@ def raster_asset(item: dict[str, Any], assets: list[str] | None) -> tuple[str, s
     available = item["assets"]
     names = assets or (["visual"] if "visual" in available else [])
     if not names:
-        names = [n for n, a in available.items() if any(t in str(a.get("type", "")) for t in RASTER_TYPES)][:1]
+        names = [
+            n
+            for n, a in available.items()
+            if isinstance(a, dict) and any(t in str(a.get("type", "")) for t in RASTER_TYPES)
+        ][:1]
     if not names:
         raise StacBadRequest(f"item {item.get('id')!r} has no raster asset (assets: {', '.join(available) or 'none'})")
     if len(names) > 1:
@@ -224,6 +220,8 @@ def raster_asset(item: dict[str, Any], assets: list[str] | None) -> tuple[str, s
     if name not in available:
         raise StacBadRequest(f"item {item.get('id')!r} has no asset {name!r} (assets: {', '.join(available)})")
     asset = available[name]
+    if not isinstance(asset, dict) or not isinstance(asset.get("href"), str) or not asset["href"]:
+        raise StacBadRequest(f"asset {name!r} of item {item.get('id')!r} has no href")
     kind = str(asset.get("type", ""))
     if kind and not any(t in kind for t in RASTER_TYPES):
         raise StacBadRequest(f"asset {name!r} is {kind}, not a GeoTIFF")
@@ -231,13 +229,20 @@ def raster_asset(item: dict[str, Any], assets: list[str] | None) -> tuple[str, s
 
 
 def sample_windows(view: SourceView, n: int, seed: int = 0) -> list[tuple[int, int]]:
-    """All windows if few, else n chosen uniformly at random (seeded, so repeatable)."""
+    """All windows if few, else n chosen uniformly at random (seeded, so repeatable).
+
+    Draws indices without listing every window: a scene's window count is bounded at open
+    (DINOTILES_MAX_SCENE_PATCHES), but the list of them need never exist.
+    """
     grid = view.grid
-    every = [(i, j) for i in range(grid.window_rows) for j in range(grid.window_cols)]
-    if len(every) <= n:
-        return every
+    cols, total = grid.window_cols, grid.window_rows * grid.window_cols
+    if total <= n:
+        return [(k // cols, k % cols) for k in range(total)]
     rng = np.random.default_rng(seed)
-    return [every[k] for k in sorted(rng.choice(len(every), n, replace=False))]
+    picked: set[int] = set()
+    while len(picked) < n:
+        picked.update(int(k) for k in rng.integers(0, total, size=n - len(picked)))
+    return [(k // cols, k % cols) for k in sorted(picked)]
 
 
 def sampled_counts(engine: ClusterEngine, view: SourceView, n: int = STATS_SAMPLE) -> tuple[np.ndarray, int, int]:
@@ -259,7 +264,8 @@ def item_feature(engine: ClusterEngine, view: SourceView, feature: str, n: int =
         win = read_window(view.reader, view.plan, view.grid, i, j)
         if win.valid.mean() < 0.05:
             continue
-        patches, cls = engine.encoder.features(win.image[None])
+        with engine.gate.admit(1):
+            patches, cls = engine.encoder.features(win.image[None])
         core = slice(BORDER, BORDER + view.grid.core)
         keep = win.valid[core, core]
         mean_patch = patches[0][core, core][keep].mean(axis=0, keepdims=True)[:, None, None, :]

@@ -22,7 +22,8 @@ from rasterio.crs import CRS
 from rasterio.warp import transform_bounds
 from rio_tiler.io import Reader
 
-from service.sources import BandPlan
+from service.limits import RequestTooLarge
+from service.sources import BandPlan, SourceUnreadable
 
 BORDER = 3  # patches dropped on each side of a window (the seed's choice)
 SCALE_TOLERANCE = 0.01  # grid units within 1 % of ground metres are taken as metres
@@ -30,9 +31,15 @@ FLAT_STD = 1.0  # a patch whose pixels vary less than this (0-255) is fill, not 
 MIN_VALID_SHARE = 0.5  # a patch needs half its pixels valid
 
 
-def _utm_for(lon: float, lat: float) -> CRS:
+UPS_NORTH, UPS_SOUTH = 32661, 32761  # polar stereographic (UPS): where UTM zones stop (84° N, 80° S)
+
+
+def _metric_crs_for(lon: float, lat: float) -> CRS:
+    """The UTM zone of (lon, lat), or the polar UPS grid beyond UTM's latitudes."""
     info = query_utm_crs_info(datum_name="WGS 84", area_of_interest=AreaOfInterest(lon, lat, lon, lat))
-    return CRS.from_epsg(int(info[0].code))
+    if info:
+        return CRS.from_epsg(int(info[0].code))
+    return CRS.from_epsg(UPS_NORTH if lat > 0 else UPS_SOUTH)
 
 
 def ground_scale(crs: CRS, x: float, y: float, step: float) -> float:
@@ -123,20 +130,44 @@ class Grid:
         return (left + right) / 2, (bottom + top) / 2
 
 
-def grid_for(dataset: rasterio.DatasetReader, gsd: float, patch: int, window: int) -> Grid:
-    """The analysis grid: source CRS and corner, pixel = ``gsd`` metres on the ground."""
+def grid_for(dataset: rasterio.DatasetReader, gsd: float, patch: int, window: int, max_patches: int) -> Grid:
+    """The analysis grid: source CRS and corner, pixel = ``gsd`` metres on the ground.
+
+    Refuses (400) a source whose grid would exceed ``max_patches`` before anything is
+    allocated: a tiny sparse file can claim to cover the whole planet.
+    """
     crs = dataset.crs
     left, bottom, right, top = dataset.bounds
+    too_large = RequestTooLarge(
+        f"the image is too large for one {gsd} m analysis grid "
+        f"(over DINOTILES_MAX_SCENE_PATCHES={max_patches:,} patches)"
+    )
     if crs.is_geographic:
+        span_m = 111_320.0 * max(right - left, top - bottom)  # a metre-per-degree upper bound, before any projection
+        if (span_m / (gsd * patch)) ** 2 > max_patches * 4:
+            raise too_large
         lon, lat = (left + right) / 2, (bottom + top) / 2
-        crs = _utm_for(lon, lat)
-        left, bottom, right, top = transform_bounds(dataset.crs, crs, *dataset.bounds, densify_pts=21)
+        crs = _metric_crs_for(lon, lat)
+        try:
+            left, bottom, right, top = transform_bounds(dataset.crs, crs, *dataset.bounds, densify_pts=21)
+        except Exception as exc:
+            raise SourceUnreadable(f"the image's extent cannot be projected to {crs}: {exc}") from exc
+    if not all(map(math.isfinite, (left, bottom, right, top))) or right <= left or top <= bottom:
+        raise SourceUnreadable("the image's extent is not finite in a metric grid")
     cx, cy = (left + right) / 2, (bottom + top) / 2
-    scale = ground_scale(crs, cx, cy, step=max(1.0, (right - left) / 100))
+    try:
+        scale = ground_scale(crs, cx, cy, step=max(1.0, (right - left) / 100))
+    except Exception as exc:
+        raise SourceUnreadable(f"cannot measure ground distance in {crs}: {exc}") from exc
+    if not math.isfinite(scale) or scale <= 0:
+        raise SourceUnreadable(f"cannot measure ground distance in {crs} at the image centre")
     if abs(scale - 1.0) < SCALE_TOLERANCE:
         scale = 1.0
     pixel = gsd / scale
     cell = pixel * patch
+    rows, cols = (top - bottom) / cell, (right - left) / cell
+    if rows * cols > max_patches:
+        raise too_large
     return Grid(
         crs=crs,
         x0=left,
@@ -144,8 +175,8 @@ def grid_for(dataset: rasterio.DatasetReader, gsd: float, patch: int, window: in
         pixel=pixel,
         patch=patch,
         window=window,
-        rows=max(1, math.ceil((top - bottom) / cell)),
-        cols=max(1, math.ceil((right - left) / cell)),
+        rows=max(1, math.ceil(rows)),
+        cols=max(1, math.ceil(cols)),
     )
 
 
