@@ -19,12 +19,20 @@ import selectors
 import socket
 import socketserver
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
 logger = logging.getLogger("dinotiles.egress")
 MAX_HEADER_BYTES = 65536
 Policy = Callable[[str, int], bool]
+_REFUSALS: deque[tuple[float, str]] = deque(maxlen=256)  # (monotonic time, host:port) of every refused hop
+
+
+def refused_since(started: float) -> list[str]:
+    """Hosts the proxy refused since ``started``: why a GDAL read that failed oddly failed."""
+    return sorted({host for when, host in list(_REFUSALS) if when >= started})
 
 
 class _Handler(socketserver.StreamRequestHandler):
@@ -84,8 +92,7 @@ class _Handler(socketserver.StreamRequestHandler):
 
     def _upstream(self, host: str, port: int) -> socket.socket | None:
         if not self.server.policy(host.lower(), port):
-            self.server.refused.append(f"{host}:{port}")
-            del self.server.refused[:-100]
+            _REFUSALS.append((time.monotonic(), f"{host}:{port}"))
             logger.warning(
                 "egress refused: %s:%s is not allowed (redirect or indirection off the allowlist)", host, port
             )
@@ -148,7 +155,6 @@ class _ProxyServer(socketserver.ThreadingTCPServer):
         self.policy = policy
         self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s
-        self.refused: list[str] = []
         super().__init__(("127.0.0.1", 0), _Handler)
 
 

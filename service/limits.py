@@ -81,7 +81,7 @@ class InferenceGate:
     @contextmanager
     def admit(self, windows: int) -> Iterator[None]:
         with self._lock:
-            if self.waiting + windows > self.max_queue:
+            if self.waiting and self.waiting + windows > self.max_queue:  # one request alone always queues
                 self.rejected += 1
                 raise Overloaded(
                     f"the inference queue is full ({self.waiting} windows waiting, DINOTILES_MAX_QUEUE="

@@ -87,7 +87,7 @@ class ClusterReader:
 
     def _open(self) -> None:
         source = resolve_source(self.url, self.settings)
-        dataset = self._stack.enter_context(open_dataset(source.path))
+        dataset = self._stack.enter_context(open_dataset(source.path, self.settings.http_timeout))
         key = source.key if not source.key.startswith("s3://") else f"{source.key}#{dataset_fingerprint(dataset)}"
         bundle, settings = self.engine.bundle, self.settings
         # grid and band plan depend only on the source: computed once per file version

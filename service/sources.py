@@ -34,7 +34,7 @@ from rasterio.warp import transform_bounds
 from rio_tiler.io import Reader
 
 from service.config import Settings
-from service.egress import egress_proxy
+from service.egress import egress_proxy, refused_since
 from service.limits import RequestTooLarge, check_deadline
 
 READ_DRIVERS = "GTiff"
@@ -229,30 +229,42 @@ def gdal_env(settings: Settings) -> dict[str, str]:
 
 
 # -- opening ----------------------------------------------------------------------------------
-def classify_error(path: str, exc: Exception) -> Exception:
-    """A GDAL failure as the error a client can act on: remote trouble is 502/504, a bad file 400."""
+def classify_error(path: str, exc: Exception, started: float | None = None, timeout: float | None = None) -> Exception:
+    """A GDAL failure as the error a client can act on: remote trouble is 403/502/504, a bad file 400.
+
+    GDAL reports a remote timeout or a refused redirect as "not recognized as a supported file
+    format", so the elapsed time (against GDAL_HTTP_TIMEOUT) and the egress proxy's refusals since
+    the read started tell those apart from a file that really is not a GeoTIFF.
+    """
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     remote = path.startswith(("http://", "https://", "s3://", "/vsicurl/", "/vsis3/"))
-    lower = text.lower()
+    lower = re.sub(r"'[^']*'", "", text).lower()  # GDAL quotes the file name: match the message, not the URL
+    name = path.rsplit("/", 1)[-1]
     if remote:
-        if "timed out" in lower or "timeout" in lower:
-            return UpstreamTimeout(f"reading {path} timed out: {text}")
+        refused = refused_since(started) if started is not None else []
+        if refused:
+            return SourceForbidden(f"reading {name} led to {', '.join(refused)}, which is not allowed (a redirect?)")
+        elapsed = time.monotonic() - started if started is not None else 0.0
+        if "timed out" in lower or "timeout" in lower or (timeout and elapsed >= 0.9 * timeout):
+            return UpstreamTimeout(f"reading {path} timed out after {elapsed:.1f} s (GDAL_HTTP_TIMEOUT)")
         code = re.search(r"HTTP response code: (\d+)", text)
         if code and code[1] in ("404", "410"):
             return SourceNotFound(f"no file at {path} (HTTP {code[1]})")
-        if code or any(s in lower for s in ("resolve", "connect", "refused", "curl", "ssl", "reset")):
+        network = ("resolve", "connect", "refused", "curl error", "ssl", "reset by peer", "empty reply")
+        if code or any(s in lower for s in network):
             return UpstreamError(f"reading {path} failed upstream: {text}")
-    return SourceUnreadable(f"cannot read {path.rsplit('/', 1)[-1]} as a GeoTIFF: {text}")
+    return SourceUnreadable(f"cannot read {name} as a GeoTIFF: {text}")
 
 
-def open_dataset(path: str) -> rasterio.DatasetReader:
+def open_dataset(path: str, timeout: float | None = None) -> rasterio.DatasetReader:
     """Open GeoTIFFs only, with georeferencing: a VRT could point GDAL at any file or host."""
     if path.startswith("/vsi"):
         raise SourceForbidden("GDAL virtual file systems are not allowed")
+    started = time.monotonic()
     try:
         dataset = rasterio.open(path, driver=READ_DRIVERS)
     except RasterioError as exc:
-        raise classify_error(path, exc) from exc
+        raise classify_error(path, exc, started, timeout) from exc
     if dataset.crs is None or dataset.transform.is_identity:
         dataset.close()
         raise SourceUnreadable("the raster has no georeferencing (CRS and transform)")
@@ -263,10 +275,11 @@ def open_dataset(path: str) -> rasterio.DatasetReader:
 class ReadLimits:
     max_output_size: int = 2048
     max_read_pixels: int = 100_000_000
+    http_timeout: float | None = None
 
     @classmethod
     def of(cls, settings: Settings) -> ReadLimits:
-        return cls(settings.max_output_size, settings.max_read_pixels)
+        return cls(settings.max_output_size, settings.max_read_pixels, settings.http_timeout)
 
 
 def _output_shape(
@@ -298,7 +311,7 @@ class GuardedReader(Reader):
 
     def __attrs_post_init__(self) -> None:
         if self.dataset is None:
-            self.dataset = self._ctx_stack.enter_context(open_dataset(str(self.input)))
+            self.dataset = self._ctx_stack.enter_context(open_dataset(str(self.input), self.limits.http_timeout))
         super().__attrs_post_init__()
 
     @property
@@ -334,10 +347,11 @@ class GuardedReader(Reader):
 
     def _guarded(self, call: Any) -> Any:
         check_deadline("reading the source")
+        started = time.monotonic()
         try:
             return call()
         except RasterioError as exc:
-            raise classify_error(str(self.input), exc) from exc
+            raise classify_error(str(self.input), exc, started, self.limits.http_timeout) from exc
 
     # -- rio-tiler's reads (tile, feature → part; preview, statistics → read) -----------------
     def part(self, bbox: Any, *args: Any, **kwargs: Any) -> Any:
