@@ -37,7 +37,7 @@ from service.sources import (
     guarded_reader,
     resolve_source,
 )
-from service.stac import StacBadRequest, StacTimeout, StacUpstreamError
+from service.stac import JobNotFound, StacBadRequest, StacTimeout, StacUpstreamError
 from service.stac_factory import StacTilerFactory
 
 logger = logging.getLogger("dinotiles")
@@ -57,6 +57,7 @@ STATUS_CODES: dict[type[Exception], int] = {
     UpstreamTimeout: status.HTTP_504_GATEWAY_TIMEOUT,
     BodyTooLarge: status.HTTP_413_CONTENT_TOO_LARGE,
     StacBadRequest: status.HTTP_400_BAD_REQUEST,
+    JobNotFound: status.HTTP_404_NOT_FOUND,
     StacUpstreamError: status.HTTP_502_BAD_GATEWAY,
     StacTimeout: status.HTTP_504_GATEWAY_TIMEOUT,
     RasterioIOError: status.HTTP_400_BAD_REQUEST,

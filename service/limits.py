@@ -80,8 +80,9 @@ class InferenceGate:
 
     @contextmanager
     def admit(self, windows: int) -> Iterator[None]:
+        in_request = remaining() is not None  # background jobs and the CLI wait; only requests are refused
         with self._lock:
-            if self.waiting and self.waiting + windows > self.max_queue:  # one request alone always queues
+            if in_request and self.waiting and self.waiting + windows > self.max_queue:  # one alone always queues
                 self.rejected += 1
                 raise Overloaded(
                     f"the inference queue is full ({self.waiting} windows waiting, DINOTILES_MAX_QUEUE="

@@ -210,7 +210,9 @@ def _egress_policy(settings: Settings) -> Any:
 def gdal_env(settings: Settings) -> dict[str, str]:
     """GDAL options for every read of this app: COG-friendly, bounded in time, through the egress proxy."""
     key = (settings.allowed_hosts, settings.allowed_buckets, settings.http_timeout, settings.http_connect_timeout)
-    proxy = egress_proxy(key, _egress_policy(settings), settings.http_timeout, settings.http_connect_timeout)
+    # the proxy waits longer than GDAL does, so a slow host shows up as GDAL's own timeout (504)
+    idle = 2 * settings.http_timeout + 1
+    proxy = egress_proxy(key, _egress_policy(settings), idle, settings.http_connect_timeout)
     timeout = str(max(1, math.ceil(settings.http_timeout)))
     return {
         "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",  # no sidecar (.ovr/.aux.xml/.msk) lookups

@@ -7,6 +7,7 @@ failures become 502 (down, refused, malformed) or 504 (slow), with the cause.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 import uuid
@@ -27,6 +28,7 @@ from service.limits import parse_bbox
 from service.sources import check_url
 from service.windows import BORDER, read_window
 
+logger = logging.getLogger("dinotiles")
 RASTER_TYPES = ("image/tiff", "image/vnd.stac.geotiff", "application/x-geotiff")
 STATS_SAMPLE = 16  # windows sampled from a large item for /stac/statistics (seeded)
 SCENE_WINDOWS = 4  # windows per item for its scene feature
@@ -42,6 +44,10 @@ class StacUpstreamError(RuntimeError):
 
 class StacTimeout(TimeoutError):
     """The STAC API did not answer in time (504)."""
+
+
+class JobNotFound(LookupError):
+    """No job with that id (404): never created, or finished long ago and dropped."""
 
 
 @dataclass(frozen=True)
@@ -310,29 +316,46 @@ class Job:
 
 
 class Jobs:
-    """Background work for large requests: 202 + a URL to poll, never a hung request."""
+    """Background work for large requests: 202 + a URL to poll, never a hung request.
 
-    def __init__(self, keep: int = 100) -> None:
-        self.keep = keep
+    A bounded pool runs ``workers`` jobs at once and holds at most ``pending`` more; past that a
+    new job is refused (503 + Retry-After) instead of starting threads without bound. Finished
+    jobs are kept for polling (the oldest finished ones dropped past ``keep``); a running or
+    queued job is never dropped.
+    """
+
+    def __init__(self, workers: int = 1, pending: int = 8, keep: int = 100) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.keep, self.pending = keep, pending
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dinotiles-job")
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._lock = threading.Lock()
 
     def submit(self, work: Callable[[], dict[str, Any]]) -> Job:
-        job = Job(id=uuid.uuid4().hex)
+        from service.limits import Overloaded
+
+        job = Job(id=uuid.uuid4().hex, status="queued")
         with self._lock:
+            waiting = sum(1 for j in self._jobs.values() if j.status in ("queued", "running"))
+            if waiting >= self.pending:
+                raise Overloaded(f"{waiting} scene jobs are queued or running (the limit); retry later", retry_after=30)
             self._jobs[job.id] = job
-            while len(self._jobs) > self.keep:
-                self._jobs.popitem(last=False)
+            finished = [k for k, j in self._jobs.items() if j.status in ("done", "failed")]
+            for k in finished[: max(0, len(self._jobs) - self.keep)]:
+                del self._jobs[k]
 
         def run() -> None:
+            job.status = "running"
             try:
                 job.result = work()
                 job.status = "done"
-            except Exception as exc:  # reported to the poller, not lost
+            except Exception as exc:  # reported to the poller, and logged
+                logger.warning("scene job %s failed: %s", job.id, exc)
                 job.error = f"{type(exc).__name__}: {exc}"
                 job.status = "failed"
 
-        threading.Thread(target=run, daemon=True).start()
+        self._pool.submit(run)
         return job
 
     def get(self, job_id: str) -> Job | None:

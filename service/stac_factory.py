@@ -17,6 +17,7 @@ from service.factory import ClusterTilerFactory, cluster_shares
 from service.stac import (
     STATS_SAMPLE,
     ItemCache,
+    JobNotFound,
     Jobs,
     SearchParams,
     StacBadRequest,
@@ -149,7 +150,7 @@ class StacTilerFactory(ClusterTilerFactory):
         def job(job_id: str) -> dict[str, Any]:
             found = self.jobs.get(job_id)
             if found is None:
-                raise StacBadRequest(f"no job {job_id}")
+                raise JobNotFound(f"no job {job_id}")
             return {"job": found.id, "status": found.status, "result": found.result, "error": found.error}
 
 

@@ -8,6 +8,7 @@ uvicorn for what only a socket shows (URL length, /healthz while every worker is
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import socket
@@ -454,7 +455,8 @@ def test_slow_host_gets_504_and_healthz_stays_fast(hostile_settings: Settings, b
                 assert http.get("/healthz").status_code == 200
                 assert time.monotonic() - start < 1.0
                 results = [f.result() for f in futures]
-            assert all(code == 504 and ctype.startswith("application/json") for code, _, ctype in results), results
+            codes = sorted({code for code, _, _ in results})
+            assert codes == [504] and all(c.startswith("application/json") for _, _, c in results), (codes, results)
             assert max(seconds for _, seconds, _ in results) < 15
     finally:
         silent.shutdown()
@@ -656,3 +658,60 @@ def test_fuzz_routes_never_answer_5xx(client: TestClient, url: str, bbox: list[f
     ):
         r = client.get(route, params=params)
         assert r.status_code < 500, (route, params, r.text)
+
+
+def test_background_jobs_are_bounded_and_never_evicted_while_running() -> None:
+    from service.limits import Overloaded
+    from service.stac import Jobs
+
+    release = threading.Event()
+    jobs = Jobs(workers=1, pending=2, keep=1)
+    first = jobs.submit(lambda: (release.wait(10), {"ok": 1})[1])
+    second = jobs.submit(lambda: {"ok": 2})
+    with pytest.raises(Overloaded) as refused:
+        jobs.submit(lambda: {"ok": 3})
+    assert refused.value.retry_after >= 1
+    assert jobs.get(first.id) is first and jobs.get(second.id) is second  # keep=1, yet nothing running is dropped
+    release.set()
+    for _ in range(100):
+        if second.status == "done":
+            break
+        time.sleep(0.05)
+    assert first.result == {"ok": 1} and second.result == {"ok": 2}
+
+
+def test_inference_gate_refuses_past_the_queue_only_inside_requests() -> None:
+    from service.limits import InferenceGate, Overloaded, deadline
+
+    gate = InferenceGate(max_queue=2)
+    holding, release = threading.Event(), threading.Event()
+    outcomes: list[str] = []
+
+    def admit(windows: int, in_request: bool, hold: bool = False) -> None:
+        try:
+            with deadline(10) if in_request else contextlib.nullcontext(), gate.admit(windows):
+                if hold:
+                    holding.set()
+                    release.wait(10)
+            outcomes.append(f"ran {windows}")
+        except Overloaded:
+            outcomes.append(f"503 {windows}")
+
+    threads = [threading.Thread(target=admit, args=(1, True, True))]
+    threads[0].start()
+    assert holding.wait(5)
+    threads.append(threading.Thread(target=admit, args=(2, True)))  # waits for the slot: 2 windows queued
+    threads[1].start()
+    for _ in range(200):
+        if gate.waiting == 2:
+            break
+        time.sleep(0.01)
+    admit(1, True)  # a third request: the queue is full
+    threads.append(threading.Thread(target=admit, args=(5, False)))  # background work waits instead
+    threads[2].start()
+    time.sleep(0.1)
+    release.set()
+    for t in threads:
+        t.join(10)
+    assert outcomes[0] == "503 1" and sorted(outcomes[1:]) == ["ran 1", "ran 2", "ran 5"], outcomes
+    assert gate.waiting == 0 and gate.rejected == 1
