@@ -8,7 +8,7 @@ ROOTS := $(CURDIR)/.dinotiles/data$(if $(OAM),:$(abspath $(OAM)))
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test demo lint bench clean
+.PHONY: serve test demo lint bench clean vendor
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,18 @@ $(BIN)/.installed: pyproject.toml
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --silent
 	touch $@
+
+# Front-end files the package serves (viewer, /docs, /redoc), copied from npm's pinned versions into the
+# package so a wheel works offline; committed. tests/test_packaging.py checks they match node_modules.
+STATIC := service/dinotiles/server/static
+vendor: node_modules/.installed
+	mkdir -p $(STATIC)/leaflet $(STATIC)/swagger-ui $(STATIC)/redoc
+	cp node_modules/leaflet/dist/leaflet.js node_modules/leaflet/dist/leaflet.css node_modules/leaflet/LICENSE $(STATIC)/leaflet/
+	cp -r node_modules/leaflet/dist/images $(STATIC)/leaflet/
+	cp node_modules/swagger-ui-dist/swagger-ui-bundle.js node_modules/swagger-ui-dist/swagger-ui.css \
+	   node_modules/swagger-ui-dist/favicon-32x32.png node_modules/swagger-ui-dist/LICENSE $(STATIC)/swagger-ui/
+	cp node_modules/redoc/bundles/redoc.standalone.js node_modules/redoc/bundles/redoc.standalone.js.LICENSE.txt \
+	   node_modules/redoc/LICENSE $(STATIC)/redoc/
 
 demo: $(BIN)/.installed
 	$(BIN)/dinotiles demo

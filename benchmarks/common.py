@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import platform
-from dataclasses import replace
 from pathlib import Path
 
 import morecantile
 import onnxruntime as ort
 
-from export.demo import prepare
-from service.bundle import Bundle, load_bundle
-from service.cache import ByteLRU
-from service.clusters import ClusterEngine
-from service.config import DEMO_DIR, Settings
-from service.encoder import Encoder
-from service.reader import ClusterReader
+from dinotiles.core.bundle import Bundle, load_bundle
+from dinotiles.core.cache import ByteLRU
+from dinotiles.core.encoder import Encoder
+from dinotiles.core.engine import ClusterEngine
+from dinotiles.core.reader import ClusterReader, cluster_reader
+from dinotiles.core.sources import Source
+from dinotiles.server.settings import Settings, demo_dir
+from dinotiles.training.demo import prepare
 
 ROOT = Path(__file__).resolve().parent.parent
 OAM = ROOT.parent / "shared" / "data" / "oam"
@@ -23,7 +23,7 @@ TMS = morecantile.tms.get("WebMercatorQuad")
 
 
 def demo_bundle() -> Bundle:
-    bundle_dir, _ = prepare(DEMO_DIR)
+    bundle_dir, _ = prepare(demo_dir())
     return load_bundle(bundle_dir)
 
 
@@ -39,18 +39,20 @@ def engine(bundle: Bundle, cache_bytes: int = 1 << 30) -> ClusterEngine:
 
 
 def settings_for(*roots: Path) -> Settings:
-    return replace(Settings(), local_roots=tuple(roots))
+    return Settings().replace(local_roots=tuple(roots))
 
 
 def open_reader(eng: ClusterEngine, path: Path) -> ClusterReader:
-    return ClusterReader(str(path), eng, settings_for(path.parent), TMS)
+    settings = settings_for(path.parent)
+    reader = cluster_reader(eng, settings.source_policy(), settings.request_limits())
+    return reader(Source.local(str(path)), tms=TMS)
 
 
 def machine() -> str:
     """CPU model, cores and the ONNX Runtime provider the encoder runs on."""
     import os
 
-    from service.encoder import pick_providers
+    from dinotiles.core.encoder import pick_providers
 
     cpu = platform.machine()
     cpuinfo = Path("/proc/cpuinfo")

@@ -5,7 +5,8 @@ Starts the server as its own process (uvicorn, the real settings), then:
 2. N concurrent *distinct* cold z19 tiles over an OAM image (every one needs inference):
    completed (200), refused (503 + Retry-After), other answers, p50/p95 latency;
    /healthz latency sampled during the burst;
-3. RSS right after the burst and again after ``--settle`` seconds.
+3. RSS right after the burst, after a second burst of other cold tiles (a plateau, not growth,
+   shows memory is bounded), and again after ``--settle`` seconds.
 
     python -m benchmarks.load [--concurrency 32] [--settle 60] [--max-queue 64]
 """
@@ -63,7 +64,7 @@ def wait_ready(base: str, seconds: float = 120) -> None:
     raise SystemExit("server did not start")
 
 
-def distinct_tiles(base: str, url: str, n: int, z: int = 19) -> list[tuple[int, int]]:
+def distinct_tiles(base: str, url: str, n: int, z: int = 19, shift: int = 0) -> list[tuple[int, int]]:
     """n tiles around the image centre whose windows do not overlap (so each needs its own inference)."""
     w, s, e, n_ = httpx.get(f"{base}/cog/WebMercatorQuad/tilejson.json", params={"url": url}, timeout=60).json()[
         "bounds"
@@ -128,6 +129,9 @@ def main() -> None:
         results, health = asyncio.run(burst(base, url, tiles[:-1], 19))
         wall = time.perf_counter() - started
         after = rss_mb(server.pid)
+        others = distinct_tiles(base, url, args.concurrency, shift=1)  # the odd columns: new windows
+        second, _ = asyncio.run(burst(base, url, others, 19))
+        after_second = rss_mb(server.pid)
         time.sleep(args.settle)
         settled = rss_mb(server.pid)
     finally:
@@ -147,7 +151,13 @@ def main() -> None:
             f"/healthz during the burst: median {statistics.median(health) * 1000:.1f} ms, "
             f"max {max(health) * 1000:.1f} ms ({len(health)} probes)"
         )
-    print(f"RSS: before {before:.0f} MB, after the burst {after:.0f} MB, {args.settle:.0f} s later {settled:.0f} MB")
+    print(
+        f"second burst: completed {sum(1 for c, _ in second if c == 200)}, 503 {sum(1 for c, _ in second if c == 503)}"
+    )
+    print(
+        f"RSS: before {before:.0f} MB, after the burst {after:.0f} MB, after a second burst {after_second:.0f} MB, "
+        f"{args.settle:.0f} s later {settled:.0f} MB"
+    )
 
 
 if __name__ == "__main__":

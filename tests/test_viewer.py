@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, wait_for
+from tests.conftest import wait_for
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = [
@@ -33,14 +33,12 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(bundle, sample: Path) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    if not (ROOT / "node_modules" / "leaflet" / "dist" / "leaflet.js").exists():
-        pytest.fail("node_modules/leaflet is missing: run `npm ci` (make test does)")
+def server(bundle, sample: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:  # type: ignore[no-untyped-def]
     port = free_port()
     env = {**os.environ, "DINOTILES_BUNDLE": str(bundle.root), "DINOTILES_LOCAL_ROOTS": str(sample.parent)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "export.cli", "serve", "--port", str(port)],
-        cwd=ROOT,
+        [sys.executable, "-m", "dinotiles.cli", "serve", "--port", str(port)],
+        cwd=tmp_path_factory.mktemp("elsewhere"),  # the viewer's files come from the package, not the checkout
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -1,0 +1,206 @@
+"""Fine-tune DINOv2 on a labelled scene dataset (ImageFolder: DIR/<class>/*.jpg).
+
+On a CPU, the first blocks stay frozen and their outputs are computed once for a few
+augmented views of each image (flips, 90° rotations, colour jitter) and cached on disk;
+only the last N blocks, the final LayerNorm and a linear head on CLS are trained, so an
+epoch costs N/L of a forward pass. With CUDA the whole model trains on fresh augmentations.
+The checkpoint is resumable; the result is a HF directory for `dinotiles export`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from dinotiles.scenes.cluster import load_image, read_labelled_folder
+from dinotiles.training.exporter import IMAGENET_MEAN, IMAGENET_STD
+from dinotiles.training.weights import load_weights
+
+SIZE = 224
+
+
+@dataclass
+class FinetuneConfig:
+    data: Path
+    weights: str
+    out: Path
+    classes: Sequence[str] | None = None
+    per_class: int | None = None
+    blocks: int = 2
+    views: int = 2
+    epochs: int = 4
+    batch: int = 32
+    lr: float = 5e-5
+    head_lr: float = 1e-3
+    seed: int = 0
+
+
+def augment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Aerial augmentations: a random dihedral transform and mild colour jitter (uint8 [3, H, W])."""
+    out = np.rot90(image, k=int(rng.integers(4)), axes=(1, 2))
+    if rng.random() < 0.5:
+        out = out[:, :, ::-1]
+    x = out.astype(np.float32)
+    x = x * rng.uniform(0.8, 1.2)  # brightness
+    mean = x.mean()
+    x = (x - mean) * rng.uniform(0.8, 1.2) + mean  # contrast
+    grey = x.mean(axis=0, keepdims=True)
+    x = (x - grey) * rng.uniform(0.8, 1.2) + grey  # saturation
+    return np.clip(x, 0, 255).astype(np.uint8)
+
+
+def normalise(images: np.ndarray) -> torch.Tensor:
+    x = torch.from_numpy(images).float() / 255.0
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def frozen_forward(model: Any, pixels: torch.Tensor, frozen: int) -> torch.Tensor:
+    """Embeddings and the first ``frozen`` blocks."""
+    hidden = model.embeddings(pixels)
+    for layer in model.encoder.layer[:frozen]:
+        hidden = layer(hidden)
+        hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+    return hidden
+
+
+def trainable_forward(model: Any, hidden: torch.Tensor, frozen: int) -> torch.Tensor:
+    """The last blocks and the final LayerNorm; returns CLS."""
+    for layer in model.encoder.layer[frozen:]:
+        hidden = layer(hidden)
+        hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+    return model.layernorm(hidden)[:, 0]
+
+
+def cache_frozen(model: Any, files: Sequence[Path], frozen: int, views: int, store: Path, seed: int) -> np.memmap:
+    """Frozen-part outputs for ``views`` views of each image (view 0 unaugmented), float16 on disk."""
+    rng = np.random.default_rng(seed)
+    tokens = (SIZE // model.config.patch_size) ** 2 + 1 + int(getattr(model.config, "num_register_tokens", 0) or 0)
+    shape = (views * len(files), tokens, model.config.hidden_size)
+    done_flag = store.with_suffix(".done")
+    if done_flag.exists():
+        return np.lib.format.open_memmap(store, mode="r")
+    cache = np.lib.format.open_memmap(store, mode="w+", dtype=np.float16, shape=shape)
+    batch = 16
+    with torch.no_grad():
+        for v in range(views):
+            for start in tqdm(range(0, len(files), batch), desc=f"caching frozen blocks, view {v + 1}/{views}"):
+                imgs = [load_image(p, SIZE) for p in files[start : start + batch]]
+                if v:
+                    imgs = [augment(im, rng) for im in imgs]
+                hidden = frozen_forward(model, normalise(np.stack(imgs)), frozen)
+                cache[v * len(files) + start : v * len(files) + start + len(imgs)] = hidden.numpy().astype(np.float16)
+    cache.flush()
+    done_flag.touch()
+    return cache
+
+
+def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
+    """Train (CPU: last blocks on cached views; CUDA: everything), then write the HF directory and a report."""
+    torch.manual_seed(cfg.seed)
+    files, labels, names = read_labelled_folder(cfg.data, cfg.classes, cfg.per_class, cfg.seed)
+    model = load_weights(cfg.weights).model
+    layers = model.config.num_hidden_layers
+    if not 1 <= cfg.blocks <= layers:
+        raise ValueError(f"--blocks must be between 1 and {layers}")
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    head = torch.nn.Linear(model.config.hidden_size, len(names))
+    rng = np.random.default_rng(cfg.seed)
+    if torch.cuda.is_available():
+        device, blocks, views = torch.device("cuda"), layers, 0
+        model, head = model.to(device), head.to(device)
+        params = list(model.parameters())
+        targets = torch.from_numpy(labels).to(device)
+
+        def logits_for(idx: np.ndarray) -> torch.Tensor:
+            images = np.stack([augment(load_image(files[i], SIZE), rng) for i in idx])
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                cls = model(pixel_values=normalise(images).to(device)).last_hidden_state[:, 0]
+            return head(cls.float())
+    else:
+        device, blocks, views = torch.device("cpu"), cfg.blocks, cfg.views
+        frozen = layers - blocks
+        for p in model.parameters():
+            p.requires_grad = False
+        params = [*model.encoder.layer[frozen:].parameters(), *model.layernorm.parameters()]
+        for p in params:
+            p.requires_grad = True
+        cache = cache_frozen(model, files, frozen, views, cfg.out / "frozen_cache.npy", cfg.seed)
+        targets = torch.from_numpy(np.tile(labels, views))
+
+        def logits_for(idx: np.ndarray) -> torch.Tensor:
+            hidden = torch.from_numpy(np.asarray(cache[np.sort(idx)], dtype=np.float32))
+            return head(trainable_forward(model, hidden, frozen))
+
+    optim = torch.optim.AdamW(
+        [{"params": params, "lr": cfg.lr}, {"params": head.parameters(), "lr": cfg.head_lr}], weight_decay=0.05
+    )
+    history = train(cfg, model, head, optim, targets, logits_for, device)
+    weights_dir = cfg.out / "weights"
+    model.eval().cpu().save_pretrained(str(weights_dir))
+    report = {
+        "classes": names,
+        "images": len(files),
+        "views": views,
+        "blocks_trained": blocks,
+        "device": device.type,
+        "history": history,
+        "weights": str(weights_dir),
+        "source_weights": cfg.weights,
+    }
+    (cfg.out / "finetune.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def train(
+    cfg: FinetuneConfig,
+    model: Any,
+    head: torch.nn.Module,
+    optim: torch.optim.Optimizer,
+    targets: torch.Tensor,
+    logits_for: Any,
+    device: torch.device,
+) -> list[dict[str, float]]:
+    """Epochs of cross-entropy on the head; a checkpoint after each, resumed from if present."""
+    ckpt_path = cfg.out / "checkpoint.pt"
+    start_epoch, history = 0, []
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, weights_only=False, map_location=device)
+        model.load_state_dict(ckpt["model"])
+        head.load_state_dict(ckpt["head"])
+        optim.load_state_dict(ckpt["optim"])
+        start_epoch, history = ckpt["epoch"], ckpt["history"]
+    rng = np.random.default_rng(cfg.seed + start_epoch)
+    model.train()
+    for epoch in range(start_epoch, cfg.epochs):
+        order = rng.permutation(len(targets))
+        losses, correct = [], 0
+        for start in tqdm(range(0, len(order), cfg.batch), desc=f"epoch {epoch + 1}/{cfg.epochs} ({device.type})"):
+            idx = np.sort(order[start : start + cfg.batch])
+            logits = logits_for(idx)
+            loss = torch.nn.functional.cross_entropy(logits, targets[idx])
+            optim.zero_grad()
+            loss.backward()
+            optim.step()
+            losses.append(loss.item())
+            correct += int((logits.argmax(1) == targets[idx]).sum())
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "loss": float(np.mean(losses)),
+                "train_acc": correct / len(order),
+                "first_batch_loss": losses[0],
+                "last_batch_loss": losses[-1],
+            }
+        )
+        state = {"model": model.state_dict(), "head": head.state_dict(), "optim": optim.state_dict()}
+        torch.save({**state, "epoch": epoch + 1, "history": history}, ckpt_path)
+    return history

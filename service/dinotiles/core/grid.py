@@ -1,0 +1,217 @@
+"""The 0.25 m analysis grid of a source, its overlapping inference windows, and reading them.
+
+Windows are anchored to the source's own grid (its top-left corner), never to a
+tile: the patch at a place on the ground therefore always comes from the same
+window, whichever tile, zoom or TMS asks, which is what makes tiles seamless.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import rasterio
+from affine import Affine
+from pyproj import CRS as PCRS
+from pyproj import Geod, Transformer
+from pyproj.aoi import AreaOfInterest
+from pyproj.database import query_utm_crs_info
+from rasterio.crs import CRS
+from rasterio.warp import transform_bounds
+from rio_tiler.io import Reader
+
+from dinotiles.core.limits import RequestTooLarge
+from dinotiles.core.sources import BandPlan, SourceUnreadable
+
+BORDER = 3  # patches dropped on each side of a window (the seed's choice)
+SCALE_TOLERANCE = 0.01  # grid units within 1 % of ground metres are taken as metres
+FLAT_STD = 1.0  # a patch whose pixels vary less than this (0-255) is fill, not land
+MIN_VALID_SHARE = 0.5  # a patch needs half its pixels valid
+
+
+UPS_NORTH, UPS_SOUTH = 32661, 32761  # polar stereographic (UPS): where UTM zones stop (84° N, 80° S)
+
+
+def _metric_crs_for(lon: float, lat: float) -> CRS:
+    """The UTM zone of (lon, lat), or the polar UPS grid beyond UTM's latitudes."""
+    info = query_utm_crs_info(datum_name="WGS 84", area_of_interest=AreaOfInterest(lon, lat, lon, lat))
+    if info:
+        return CRS.from_epsg(int(info[0].code))
+    return CRS.from_epsg(UPS_NORTH if lat > 0 else UPS_SOUTH)
+
+
+def ground_scale(crs: CRS, x: float, y: float, step: float) -> float:
+    """Ground metres per CRS unit at (x, y), measured geodesically along x."""
+    to_geo = Transformer.from_crs(PCRS.from_wkt(crs.to_wkt()), "EPSG:4326", always_xy=True)
+    (lon0, lon1), (lat0, lat1) = to_geo.transform([x, x + step], [y, y])
+    _, _, dist = Geod(ellps="WGS84").inv(lon0, lat0, lon1, lat1)
+    return float(dist / step)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Patch grid of one source at the bundle's GSD, in the source's own CRS (UTM if geographic)."""
+
+    crs: CRS
+    x0: float
+    y0: float
+    pixel: float  # CRS units per analysis pixel
+    patch: int  # pixels per patch side
+    window: int  # pixels per window side
+    rows: int  # patches
+    cols: int
+
+    @property
+    def grid(self) -> int:
+        return self.window // self.patch
+
+    @property
+    def core(self) -> int:
+        """Patches kept per window side."""
+        return self.grid - 2 * BORDER
+
+    @property
+    def cell(self) -> float:
+        """Patch size in CRS units."""
+        return self.pixel * self.patch
+
+    @property
+    def window_rows(self) -> int:
+        return math.ceil(self.rows / self.core)
+
+    @property
+    def window_cols(self) -> int:
+        return math.ceil(self.cols / self.core)
+
+    def patch_transform(self, row0: int = 0, col0: int = 0) -> Affine:
+        return Affine(self.cell, 0, self.x0 + col0 * self.cell, 0, -self.cell, self.y0 - row0 * self.cell)
+
+    def window_bounds(self, i: int, j: int) -> tuple[float, float, float, float]:
+        """Bounds of window (i, j) including its discarded border."""
+        r0 = i * self.core - BORDER
+        c0 = j * self.core - BORDER
+        left = self.x0 + c0 * self.cell
+        top = self.y0 - r0 * self.cell
+        return (left, top - self.grid * self.cell, left + self.grid * self.cell, top)
+
+    def patch_range(self, bounds: tuple[float, float, float, float]) -> tuple[int, int, int, int] | None:
+        """Patches (row0, row1, col0, col1), half-open and clipped, touching ``bounds`` in grid CRS."""
+        left, bottom, right, top = bounds
+        c0 = max(0, math.floor((left - self.x0) / self.cell))
+        c1 = min(self.cols, math.ceil((right - self.x0) / self.cell))
+        r0 = max(0, math.floor((self.y0 - top) / self.cell))
+        r1 = min(self.rows, math.ceil((self.y0 - bottom) / self.cell))
+        if r0 >= r1 or c0 >= c1:
+            return None
+        return r0, r1, c0, c1
+
+    def windows_for(self, r0: int, r1: int, c0: int, c1: int) -> Iterator[tuple[int, int]]:
+        for i in range(r0 // self.core, (r1 - 1) // self.core + 1):
+            for j in range(c0 // self.core, (c1 - 1) // self.core + 1):
+                yield i, j
+
+    def count_windows(self, r0: int, r1: int, c0: int, c1: int) -> int:
+        return ((r1 - 1) // self.core - r0 // self.core + 1) * ((c1 - 1) // self.core - c0 // self.core + 1)
+
+    def patch_at(self, x: float, y: float) -> tuple[int, int] | None:
+        col = math.floor((x - self.x0) / self.cell)
+        row = math.floor((self.y0 - y) / self.cell)
+        if 0 <= row < self.rows and 0 <= col < self.cols:
+            return row, col
+        return None
+
+    def bounds(self) -> tuple[float, float, float, float]:
+        return (self.x0, self.y0 - self.rows * self.cell, self.x0 + self.cols * self.cell, self.y0)
+
+    def centre(self) -> tuple[float, float]:
+        left, bottom, right, top = self.bounds()
+        return (left + right) / 2, (bottom + top) / 2
+
+
+def grid_for(dataset: rasterio.DatasetReader, gsd: float, patch: int, window: int, max_patches: int) -> Grid:
+    """The analysis grid: source CRS and corner, pixel = ``gsd`` metres on the ground.
+
+    Refuses (400) a source whose grid would exceed ``max_patches`` before anything is
+    allocated: a tiny sparse file can claim to cover the whole planet.
+    """
+    crs = dataset.crs
+    left, bottom, right, top = dataset.bounds
+    too_large = RequestTooLarge(
+        f"the image is too large for one {gsd} m analysis grid "
+        f"(over DINOTILES_MAX_SCENE_PATCHES={max_patches:,} patches)"
+    )
+    if crs.is_geographic:
+        span_m = 111_320.0 * max(right - left, top - bottom)  # a metre-per-degree upper bound, before any projection
+        if (span_m / (gsd * patch)) ** 2 > max_patches * 4:
+            raise too_large
+        lon, lat = (left + right) / 2, (bottom + top) / 2
+        crs = _metric_crs_for(lon, lat)
+        try:
+            left, bottom, right, top = transform_bounds(dataset.crs, crs, *dataset.bounds, densify_pts=21)
+        except Exception as exc:
+            raise SourceUnreadable(f"the image's extent cannot be projected to {crs}: {exc}") from exc
+    if not all(map(math.isfinite, (left, bottom, right, top))) or right <= left or top <= bottom:
+        raise SourceUnreadable("the image's extent is not finite in a metric grid")
+    cx, cy = (left + right) / 2, (bottom + top) / 2
+    try:
+        scale = ground_scale(crs, cx, cy, step=max(1.0, (right - left) / 100))
+    except Exception as exc:
+        raise SourceUnreadable(f"cannot measure ground distance in {crs}: {exc}") from exc
+    if not math.isfinite(scale) or scale <= 0:
+        raise SourceUnreadable(f"cannot measure ground distance in {crs} at the image centre")
+    if abs(scale - 1.0) < SCALE_TOLERANCE:
+        scale = 1.0
+    pixel = gsd / scale
+    cell = pixel * patch
+    rows, cols = (top - bottom) / cell, (right - left) / cell
+    if rows * cols > max_patches:
+        raise too_large
+    return Grid(
+        crs=crs,
+        x0=left,
+        y0=top,
+        pixel=pixel,
+        patch=patch,
+        window=window,
+        rows=max(1, math.ceil(rows)),
+        cols=max(1, math.ceil(cols)),
+    )
+
+
+@dataclass(frozen=True)
+class WindowPixels:
+    """One window at the analysis GSD: the image the encoder sees and which patches are real."""
+
+    image: np.ndarray  # uint8 [3, W, W]
+    valid: np.ndarray  # bool [g, g]
+
+
+def patch_validity(image: np.ndarray, mask: np.ndarray, patch: int) -> np.ndarray:
+    """A patch is valid when half its pixels are data and it is not flat fill."""
+    g = image.shape[-1] // patch
+    blocks = mask.reshape(g, patch, g, patch).astype(bool)
+    share = blocks.mean(axis=(1, 3))
+    pixels = image.reshape(3, g, patch, g, patch).astype(np.float32)
+    std = pixels.std(axis=(2, 4)).max(axis=0)
+    return (share >= MIN_VALID_SHARE) & (std >= FLAT_STD)
+
+
+def read_window(reader: Reader, plan: BandPlan, grid: Grid, i: int, j: int) -> WindowPixels:
+    """Resample window (i, j) to the analysis grid (bilinear) and fill no-data with black."""
+    img = reader.part(
+        grid.window_bounds(i, j),
+        dst_crs=grid.crs,
+        bounds_crs=grid.crs,
+        indexes=list(plan.indexes),
+        width=grid.window,
+        height=grid.window,
+        max_size=None,
+        resampling_method="bilinear",
+        reproject_method="bilinear",
+    )
+    data = plan.to_uint8(np.asarray(img.array.data))
+    mask = np.asarray(~np.ma.getmaskarray(img.array).any(axis=0), dtype=bool)
+    data = np.where(mask[None], data, 0).astype(np.uint8)
+    return WindowPixels(image=data, valid=patch_validity(data, mask, grid.patch))

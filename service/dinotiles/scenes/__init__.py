@@ -1,0 +1,1 @@
+"""dinotiles.scenes"""

@@ -1,0 +1,79 @@
+"""One status map for the whole app: dinotiles' own errors carry their status; the libraries' are listed.
+
+5xx answers are logged with the request id; 503s say when to retry; anything unexpected is a 500
+with the request id and no traceback (the traceback goes to the log).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from rasterio.errors import RasterioError
+from rio_tiler.errors import RioTilerError, TileOutsideBounds
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from titiler.core.errors import DEFAULT_STATUS_CODES
+
+from dinotiles.core.errors import DinotilesError, Unavailable
+
+logger = logging.getLogger("dinotiles")
+
+# errors of the libraries under us; ours carry `status` themselves
+LIBRARY_STATUS: dict[type[Exception], int] = {
+    **DEFAULT_STATUS_CODES,
+    TileOutsideBounds: 404,
+    RasterioError: 400,
+    RioTilerError: 400,
+}
+
+
+def status_of(exc: Exception) -> int:
+    if isinstance(exc, DinotilesError):
+        return exc.status
+    for cls in type(exc).__mro__:
+        if cls in LIBRARY_STATUS:
+            return LIBRARY_STATUS[cls]
+    return 500
+
+
+def _request_id(request: Request) -> str:
+    return str(request.scope.get("state", {}).get("request_id", "-"))
+
+
+async def _answer(request: Request, exc: Exception) -> JSONResponse:
+    code = status_of(exc)
+    headers = {"X-Request-ID": _request_id(request)}
+    if isinstance(exc, Unavailable):
+        headers["Retry-After"] = str(exc.retry_after)
+    if code >= 500:
+        logger.warning("%s %s -> %d [%s]: %s", request.method, request.url.path, code, _request_id(request), exc)
+    return JSONResponse({"detail": str(exc)}, status_code=code, headers=headers)
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("%s %s -> 500 [%s]", request.method, request.url.path, _request_id(request))
+    return JSONResponse({"detail": f"internal error (request id {_request_id(request)})"}, status_code=500)
+
+
+async def _invalid(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI answers bad parameters with 422 JSON; keep its list and add one readable line."""
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    first = errors[0] if errors else {}
+    where = ".".join(str(p) for p in first.get("loc", ()))
+    return JSONResponse(
+        {
+            "detail": f"{where}: {first.get('msg', 'invalid request')}",
+            "errors": [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", ""))} for e in errors],
+        },
+        status_code=422,
+    )
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    handled: list[type[Exception]] = [DinotilesError, *LIBRARY_STATUS]
+    for cls in handled:
+        app.add_exception_handler(cls, _answer)
+    app.add_exception_handler(RequestValidationError, _invalid)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,108 @@
+"""STAC items: their URL, fetching them through the URL guard, and the raster asset to tile."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import replace
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from dinotiles.core.sources import SourcePolicy, check_url
+from dinotiles.stac.client import StacBadRequest, StacTimeout, StacUpstreamError
+
+RASTER_TYPES = ("image/tiff", "image/vnd.stac.geotiff", "application/x-geotiff")
+
+
+def item_href(item: dict[str, Any], stac_url: str) -> str:
+    """The item's own URL: its self link, else the API's items route."""
+    for link in item.get("links", []):
+        if link.get("rel") == "self" and link.get("href", "").startswith("http"):
+            return str(link["href"])
+    return f"{stac_url.rstrip('/')}/collections/{item.get('collection')}/items/{item.get('id')}"
+
+
+def with_stac_host(settings: SourcePolicy, stac_url: str) -> SourcePolicy:
+    """The configured STAC API's host may always be read (its items, not arbitrary URLs)."""
+    parts = urlsplit(stac_url)
+    host = parts.netloc.lower()
+    if host in settings.allowed_hosts:
+        return settings
+    return replace(settings, allowed_hosts=(*settings.allowed_hosts, host))
+
+
+class ItemCache:
+    """Fetched item JSON by URL, kept a few minutes: tiles of one item fetch it once."""
+
+    def __init__(self, ttl: float = 300.0, size: int = 256) -> None:
+        self.ttl, self.size = ttl, size
+        self._items: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, url: str, policy: SourcePolicy, stac_url: str, timeout: float) -> dict[str, Any]:
+        with self._lock:
+            hit = self._items.get(url)
+            if hit and time.monotonic() - hit[0] < self.ttl:
+                return hit[1]
+        item = fetch_item(url, with_stac_host(policy, stac_url), timeout)
+        with self._lock:
+            self._items[url] = (time.monotonic(), item)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return item
+
+
+def fetch_item(url: str, policy: SourcePolicy, timeout: float) -> dict[str, Any]:
+    """The item JSON at ``url`` (guarded like any source, no redirects followed)."""
+    checked = check_url(url, policy)
+    try:
+        if checked.startswith("http"):
+            response = httpx.get(checked, timeout=timeout, follow_redirects=False)
+            response.raise_for_status()
+            item = response.json()
+        else:
+            with open(checked) as fh:
+                item = json.load(fh)
+    except httpx.TimeoutException as exc:
+        raise StacTimeout(f"item {url} did not arrive within {timeout} s") from exc
+    except httpx.HTTPStatusError as exc:
+        if exc.response.status_code == 404:
+            raise StacBadRequest(f"no STAC item at {url}") from exc
+        raise StacUpstreamError(f"fetching {url} failed: HTTP {exc.response.status_code}") from exc
+    except (httpx.HTTPError, OSError) as exc:
+        raise StacUpstreamError(f"fetching {url} failed: {exc}") from exc
+    except ValueError as exc:
+        raise StacBadRequest(f"{url} is not JSON") from exc
+    if not isinstance(item, dict) or item.get("type") != "Feature" or not isinstance(item.get("assets"), dict):
+        raise StacBadRequest(f"{url} is not a STAC item")
+    return item
+
+
+def raster_asset(item: dict[str, Any], assets: list[str] | None) -> tuple[str, str]:
+    """(name, href) of the asset to tile: the one asked for, else `visual`, else the first GeoTIFF."""
+    available = item["assets"]
+    names = assets or (["visual"] if "visual" in available else [])
+    if not names:
+        names = [
+            n
+            for n, a in available.items()
+            if isinstance(a, dict) and any(t in str(a.get("type", "")) for t in RASTER_TYPES)
+        ][:1]
+    if not names:
+        raise StacBadRequest(f"item {item.get('id')!r} has no raster asset (assets: {', '.join(available) or 'none'})")
+    if len(names) > 1:
+        raise StacBadRequest("one asset at a time: cluster layers are computed from one RGB image")
+    name = names[0]
+    if name not in available:
+        raise StacBadRequest(f"item {item.get('id')!r} has no asset {name!r} (assets: {', '.join(available)})")
+    asset = available[name]
+    if not isinstance(asset, dict) or not isinstance(asset.get("href"), str) or not asset["href"]:
+        raise StacBadRequest(f"asset {name!r} of item {item.get('id')!r} has no href")
+    kind = str(asset.get("type", ""))
+    if kind and not any(t in kind for t in RASTER_TYPES):
+        raise StacBadRequest(f"asset {name!r} is {kind}, not a GeoTIFF")
+    return name, str(asset["href"])

@@ -1,0 +1,101 @@
+"""What an item's clusters and scene look like, from a sample of its windows."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from dinotiles.core.encoder import NODATA
+from dinotiles.core.engine import ClusterEngine, SourceView
+from dinotiles.core.grid import BORDER, read_window
+from dinotiles.core.reader import ClusterReader
+from dinotiles.core.sources import Source
+from dinotiles.stac.client import StacBadRequest
+from dinotiles.stac.items import raster_asset
+
+STATS_SAMPLE = 16  # windows sampled from a large item for /stac/statistics (seeded)
+SCENE_WINDOWS = 4  # windows per item for its scene feature
+
+
+def sample_windows(view: SourceView, n: int, seed: int = 0) -> list[tuple[int, int]]:
+    """All windows if few, else n chosen uniformly at random (seeded, so repeatable).
+
+    Draws indices without listing every window: a scene's window count is bounded at open
+    (DINOTILES_MAX_SCENE_PATCHES), but the list of them need never exist.
+    """
+    grid = view.grid
+    cols, total = grid.window_cols, grid.window_rows * grid.window_cols
+    if total <= n:
+        return [(k // cols, k % cols) for k in range(total)]
+    rng = np.random.default_rng(seed)
+    picked: set[int] = set()
+    while len(picked) < n:
+        picked.update(int(k) for k in rng.integers(0, total, size=n - len(picked)))
+    return [(k // cols, k % cols) for k in sorted(picked)]
+
+
+def sampled_counts(engine: ClusterEngine, view: SourceView, n: int = STATS_SAMPLE) -> tuple[np.ndarray, int, int]:
+    """Cluster counts over a sample of windows: (counts, windows sampled, windows in the item)."""
+    windows = sample_windows(view, n)
+    ids = engine.window_ids(view, windows)
+    values = np.concatenate([a.ravel() for a in ids.values()])
+    valid = values[values != NODATA]
+    total = view.grid.window_rows * view.grid.window_cols
+    return np.bincount(valid, minlength=engine.bundle.codebook.k), len(windows), total
+
+
+def item_feature(engine: ClusterEngine, view: SourceView, feature: str, n: int = SCENE_WINDOWS) -> np.ndarray:
+    """One vector per item: mean over sampled windows of the window's CLS / mean valid patch token."""
+    from dinotiles.scenes.cluster import scene_vector
+
+    vectors = []
+    for i, j in sample_windows(view, n):
+        win = read_window(view.reader, view.plan, view.grid, i, j)
+        if win.valid.mean() < 0.05:
+            continue
+        with engine.gate.admit(1):
+            patches, cls = engine.encoder.features(win.image[None])
+        core = slice(BORDER, BORDER + view.grid.core)
+        keep = win.valid[core, core]
+        mean_patch = patches[0][core, core][keep].mean(axis=0, keepdims=True)[:, None, None, :]
+        vectors.append(scene_vector(mean_patch, cls, feature)[0])
+    if not vectors:
+        raise StacBadRequest("the item's image holds no valid pixels")
+    return np.mean(vectors, axis=0)
+
+
+def cluster_items(
+    reader: type[ClusterReader],
+    resolve: Callable[[str], Source],
+    items: list[dict[str, Any]],
+    assets: str,
+    feature: str,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Scene-cluster STAC items; items without the asset are listed under `skipped`, never dropped silently.
+
+    ``resolve`` is the server's URL guard (asset hrefs are client-controlled data); ``progress``
+    hears (items done, items in all) as each item is summarised.
+    """
+    from dinotiles.scenes.cluster import cluster_scenes
+
+    vectors, names, skipped = [], [], []
+    for n, item in enumerate(items):
+        try:
+            _, href = raster_asset(item, [assets])
+        except StacBadRequest as exc:
+            skipped.append({"id": str(item.get("id")), "reason": str(exc)})
+            continue
+        with reader(resolve(href)) as src:
+            vectors.append(item_feature(src.engine, src.view, feature))
+        names.append(str(item.get("id")))
+        if progress is not None:
+            progress(n + 1, len(items))
+    if len(vectors) < 3:
+        raise StacBadRequest(f"need at least 3 items with a {assets!r} asset, found {len(vectors)}")
+    out = cluster_scenes(np.stack(vectors)).as_dict(names)
+    out["feature"] = feature
+    out["skipped"] = skipped
+    return out
