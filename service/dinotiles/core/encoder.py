@@ -11,6 +11,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from dinotiles.core.bundle import Bundle, Codebook
+from dinotiles.core.timing import span
 
 NODATA = 65535
 
@@ -97,7 +98,8 @@ class Encoder:
     def features(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """uint8 [B, 3, W, W] → patch tokens [B, g, g, D], CLS [B, D]."""
         start = time.perf_counter()
-        patches, cls = self.session.run(None, {"image": np.ascontiguousarray(images, dtype=np.uint8)})
+        with span("encode"):
+            patches, cls = self.session.run(None, {"image": np.ascontiguousarray(images, dtype=np.uint8)})
         self.seconds += time.perf_counter() - start
         b = images.shape[0]
         return patches.reshape(b, self.grid, self.grid, -1), cls
@@ -107,7 +109,8 @@ class Encoder:
         if self.assigner is None:
             raise RuntimeError("this encoder was opened without a codebook")
         flat = features.reshape(-1, features.shape[-1]).astype(np.float32, copy=False)
-        ids: Any = self.assigner.run(None, {"features": flat})[0]
+        with span("assign"):
+            ids: Any = self.assigner.run(None, {"features": flat})[0]
         return np.asarray(ids, dtype=np.uint16).reshape(features.shape[:-1])
 
     def cluster_ids(self, images: np.ndarray) -> np.ndarray:

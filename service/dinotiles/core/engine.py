@@ -15,6 +15,7 @@ from dinotiles.core.encoder import NODATA, Encoder
 from dinotiles.core.grid import BORDER, Grid, WindowPixels, read_window
 from dinotiles.core.limits import InferenceGate, RequestTooLarge, check_deadline
 from dinotiles.core.sources import BandPlan
+from dinotiles.core.timing import span
 
 MIN_WINDOW_VALID = 0.02  # windows with fewer real patches than this are skipped (seed: flat windows)
 BATCH = 4
@@ -82,7 +83,8 @@ class ClusterEngine:
         return out
 
     def _encode(self, view: SourceView, windows: list[tuple[int, int]]) -> list[np.ndarray]:
-        pixels: list[WindowPixels] = [read_window(view.reader, view.plan, view.grid, i, j) for i, j in windows]
+        with span("read"):
+            pixels: list[WindowPixels] = [read_window(view.reader, view.plan, view.grid, i, j) for i, j in windows]
         core = slice(BORDER, BORDER + view.grid.core)
         results: list[np.ndarray | None] = [None] * len(windows)
         todo = [k for k, p in enumerate(pixels) if p.valid[core, core].mean() >= MIN_WINDOW_VALID]

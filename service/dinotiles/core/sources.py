@@ -134,10 +134,12 @@ class Source(str):
     """
 
     key: str
+    attribution: str
 
-    def __new__(cls, path: str, key: str) -> Source:
+    def __new__(cls, path: str, key: str, attribution: str = "") -> Source:
         obj = super().__new__(cls, path)
         obj.key = key
+        obj.attribution = attribution  # who made the imagery, where known (STAC items)
         return obj
 
     @property

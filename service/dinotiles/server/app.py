@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, Query
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import HTMLResponse
 from starlette.staticfiles import StaticFiles
 from titiler.core.factory import TilerFactory, TMSFactory
@@ -24,9 +25,9 @@ from dinotiles.core.sources import (
 )
 from dinotiles.server.errors import add_error_handlers
 from dinotiles.server.factory import ClusterTilerFactory
-from dinotiles.server.middleware import RequestGuard
+from dinotiles.server.middleware import CompressText, RequestGuard
 from dinotiles.server.settings import Settings
-from dinotiles.server.stac_factory import StacTilerFactory
+from dinotiles.server.stac_factory import StacItemByIdFactory, StacTilerFactory
 
 logger = logging.getLogger("dinotiles")
 PACKAGE = files("dinotiles.server")  # viewer and front-end files ship inside the package: a wheel works offline
@@ -68,6 +69,9 @@ def create_app(settings: Settings | None = None, bundle: Bundle | None = None) -
 
     stac = StacTilerFactory(engine=engine, settings=settings, router_prefix="/stac")
     app.include_router(stac.router, prefix="/stac", tags=["STAC"])
+    by_id = "/stac/collections/{collection_id}/items/{item_id}"
+    stac_items = StacItemByIdFactory(engine=engine, settings=settings, router_prefix=by_id, name="stacItem")
+    app.include_router(stac_items.router, prefix=by_id, tags=["STAC"])
 
     rgb = TilerFactory(
         reader=guarded_reader(policy),
@@ -80,9 +84,19 @@ def create_app(settings: Settings | None = None, bundle: Bundle | None = None) -
     app.include_router(rgb.router, prefix="/rgb", tags=["Imagery"])
     app.include_router(TMSFactory().router, tags=["Tiling Schemes"])
     add_error_handlers(app)
+    # outermost last: CORS answers preflights first; the guard bounds and tags every request
+    app.add_middleware(CompressText)
     app.add_middleware(RequestGuard, settings=settings)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=list(settings.cors_origins),
+        allow_methods=["GET", "HEAD", "POST", "OPTIONS"],
+        allow_headers=["*"],
+        expose_headers=["ETag", "Server-Timing", "X-Request-ID", "Content-Bbox", "Retry-After"],
+        max_age=3600,
+    )
 
-    @app.get("/healthz")
+    @app.get("/healthz", operation_id="healthz")
     async def healthz() -> dict[str, Any]:
         """Answered on the event loop: never waits behind tiles in the thread pool."""
         return {
@@ -98,8 +112,9 @@ def create_app(settings: Settings | None = None, bundle: Bundle | None = None) -
             },
         }
 
-    @app.get("/sources")
+    @app.get("/sources", operation_id="sources")
     def sources() -> list[dict[str, str]]:
+        """GeoTIFFs directly under the local roots (the viewer's list)."""
         return local_sources(settings)
 
     @app.get("/", include_in_schema=False)

@@ -1,291 +1,73 @@
-"""ClusterTilerFactory: TiTiler-style routes whose tiles are cluster colours or IDs.
+"""ClusterTilerFactory: TiTiler's TilerFactory with ``reader=ClusterReader``.
 
-Built like titiler.core's TilerFactory (attrs class, routes registered on a router,
-dependencies injected) so it mounts beside TiTiler's own factories.
+It keeps TiTiler's conventions (``/tiles/{tileMatrixSetId}/{z}/{x}/{y}[.{format}]`` with a
+``tilesize`` query parameter, ``/{tileMatrixSetId}/tilejson.json``, ``/WMTSCapabilities.xml``,
+``/{tileMatrixSetId}/map.html``, ``/point``, ``/info``) and inherits its OGC API Tiles routes
+(``/tiles``, ``/tiles/{tileMatrixSetId}``) unchanged; the routes whose answer is clusters rather
+than pixels are its own. Every route refuses query parameters it does not read (422).
 """
 
-import io
 from collections.abc import Callable
-from enum import StrEnum
 from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
 import numpy as np
-import rasterio
 from attrs import define, field
-from fastapi import Depends, Path, Query
-from morecantile import TileMatrixSet
-from morecantile import tms as default_tms
-from morecantile.defaults import TileMatrixSets
-from rasterio.transform import from_bounds
-from rio_tiler.models import ImageData
-from rio_tiler.utils import render
+from fastapi import APIRouter, Depends, Path, Query
+from pydantic import BaseModel
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import HTMLResponse, Response
 from titiler.core.errors import BadRequestError
-from titiler.core.factory import BaseFactory
+from titiler.core.factory import TilerFactory
 from titiler.core.models.mapbox import TileJSON
 
-from dinotiles.core.colors import colorize
-from dinotiles.core.encoder import NODATA
+from dinotiles.core import timing
 from dinotiles.core.engine import ClusterEngine
-from dinotiles.core.limits import parse_bbox
 from dinotiles.core.reader import WGS84, ClusterReader, cluster_reader
 from dinotiles.core.sources import Source, resolve_source
+from dinotiles.server.dependencies import bbox_query, etag_for, not_modified, reject_unknown_query
+from dinotiles.server.formats import MEDIA, ClusterFormat, encode_tile
+from dinotiles.server.ogc import map_page, wmts_capabilities
 from dinotiles.server.settings import Settings
 
-
-class ClusterFormat(StrEnum):
-    """png/webp: RGBA colours (alpha 0 = no data); npy/tif: uint16 IDs, 65535 = no data."""
-
-    png = "png"
-    webp = "webp"
-    npy = "npy"
-    tif = "tif"
+TILE_CACHE = "public, max-age=3600"
+DOC_CACHE = "public, max-age=300"
 
 
-MEDIA = {"png": "image/png", "webp": "image/webp", "npy": "application/x-binary", "tif": "image/tiff"}
+class ClusterShare(BaseModel):
+    cluster: int
+    share: float
+    count: int
+    color: list[int]
 
 
-def default_scale() -> int:
-    return 1
+class Statistics(BaseModel):
+    bbox: list[float]
+    gsd_m: float
+    patches: int
+    valid_patches: int
+    clusters: list[ClusterShare]
 
 
-def path_scale(scale: Annotated[int, Path(ge=1, le=4, description="@Nx: N×256 px tiles")]) -> int:
-    return scale
+class ClusterPoint(BaseModel):
+    """TiTiler's point answer (coordinates, values, band_names) plus the cluster and its colour."""
+
+    coordinates: list[float]
+    values: list[int | None]
+    band_names: list[str]
+    cluster: int | None
+    color: list[int] | None
+    patch: dict[str, int]
 
 
-def default_format() -> ClusterFormat:
-    return ClusterFormat.png
+class LegendEntry(BaseModel):
+    cluster: int
+    color: list[int]
 
 
-def path_format(format: Annotated[ClusterFormat, Path()]) -> ClusterFormat:
-    return format
-
-
-def bbox_query(
-    bbox: Annotated[str, Query(description="minx,miny,maxx,maxy in EPSG:4326 (minx > maxx crosses ±180°)")],
-) -> tuple[float, float, float, float]:
-    return parse_bbox(bbox)
-
-
-def encode_tile(image: ImageData, fmt: ClusterFormat, colors: np.ndarray) -> bytes:
-    ids = np.asarray(image.array.data)
-    if fmt in (ClusterFormat.png, ClusterFormat.webp):
-        rgb, alpha = colorize(ids, colors)
-        return bytes(render(rgb, mask=alpha, img_format=fmt.value.upper()))
-    if fmt == ClusterFormat.npy:
-        buf = io.BytesIO()
-        np.save(buf, ids[0])
-        return buf.getvalue()
-    height, width = ids.shape[1:]
-    with rasterio.MemoryFile() as mem:
-        with mem.open(
-            driver="GTiff",
-            width=width,
-            height=height,
-            count=1,
-            dtype="uint16",
-            nodata=NODATA,
-            crs=image.crs,
-            transform=from_bounds(*image.bounds, width, height),  # type: ignore[misc]
-        ) as dst:
-            dst.write(ids)
-        return bytes(mem.read())
-
-
-@define(kw_only=True)
-class ClusterTilerFactory(BaseFactory):
-    """/tiles, /tilejson.json, /WMTSCapabilities.xml, /info, /point, /statistics over cluster IDs."""
-
-    engine: ClusterEngine
-    settings: Settings
-    supported_tms: TileMatrixSets = default_tms
-    # what `url=` (and friends) resolve to before reading: a checked Source. The URL guard lives
-    # here, in the server's dependency, not in the reader; STAC items override it.
-    path_dependency: Callable[..., Source] | None = None
-    reader_cls: type[ClusterReader] = field(init=False)
-
-    def __attrs_post_init__(self) -> None:
-        policy = self.settings.source_policy()
-        self.reader_cls = cluster_reader(self.engine, policy, self.settings.request_limits())
-        if self.path_dependency is None:
-
-            def guarded_source(
-                url: Annotated[str, Query(description="COG: local path under a configured root, http(s) or s3 URL")],
-            ) -> Source:
-                return resolve_source(url, policy)
-
-            self.path_dependency = guarded_source
-        super().__attrs_post_init__()
-
-    def reader(self, src: str, tms_id: str = "WebMercatorQuad") -> ClusterReader:
-        return self.reader_cls(src, tms=self.supported_tms.get(tms_id))
-
-    def register_routes(self) -> None:
-        self.tile()
-        self.tilejson()
-        self.wmts()
-        self.info()
-        self.point()
-        self.statistics()
-
-    def _tms_literal(self) -> Any:
-        return Literal[tuple(self.supported_tms.list())]
-
-    def tile(self) -> None:
-        tms_type = self._tms_literal()
-        colors = self.engine.bundle.codebook.colors
-
-        def make_endpoint(scale_dep: Any, format_dep: Any) -> Any:
-            def tile(
-                z: Annotated[int, Path(ge=0, le=30)],
-                x: Annotated[int, Path(ge=0)],
-                y: Annotated[int, Path(ge=0)],
-                tileMatrixSetId: Annotated[tms_type, Path()],  # type: ignore[valid-type]
-                url: str = Depends(self.path_dependency),
-                scale: int = Depends(scale_dep),
-                format: ClusterFormat = Depends(format_dep),
-            ) -> Response:
-                tms = self.supported_tms.get(tileMatrixSetId)
-                check_tile_index(tms, x, y, z)
-                with self.reader(url, tileMatrixSetId) as src:
-                    image = src.tile(x, y, z, tilesize=256 * scale)
-                return Response(
-                    encode_tile(image, format, colors),
-                    media_type=MEDIA[format.value],
-                    headers={
-                        "Content-Bbox": ",".join(map(str, image.bounds or ())),
-                        "Cache-Control": "public, max-age=3600",
-                    },
-                )
-
-            return tile
-
-        base = "/tiles/{tileMatrixSetId}/{z}/{x}/{y}"
-        # most specific first: `{y}` alone would also swallow "1@2x.png"
-        for suffix, name, scale_dep, format_dep in (
-            ("@{scale}x.{format}", "tile_scale_format", path_scale, path_format),
-            ("@{scale}x", "tile_scale", path_scale, default_format),
-            (".{format}", "tile_format", default_scale, path_format),
-            ("", "tile", default_scale, default_format),
-        ):
-            self.router.add_api_route(
-                base + suffix,
-                make_endpoint(scale_dep, format_dep),
-                methods=["GET"],
-                name=name,
-                response_class=Response,
-                responses={200: {"content": {m: {} for m in MEDIA.values()}}},
-            )
-
-    def tilejson(self) -> None:
-        tms_type = self._tms_literal()
-
-        @self.router.get("/{tileMatrixSetId}/tilejson.json", response_model=TileJSON, response_model_exclude_none=True)
-        def tilejson(
-            request: Request,
-            tileMatrixSetId: Annotated[tms_type, Path()],  # type: ignore[valid-type]
-            url: str = Depends(self.path_dependency),
-            tile_format: ClusterFormat = ClusterFormat.png,
-            tile_scale: Annotated[int, Query(ge=1, le=4)] = 1,
-        ) -> dict[str, Any]:
-            with self.reader(url, tileMatrixSetId) as src:
-                tiles = self.url_for(
-                    request,
-                    "tile_scale_format",
-                    tileMatrixSetId=tileMatrixSetId,
-                    z="{z}",
-                    x="{x}",
-                    y="{y}",
-                    scale=str(tile_scale),
-                    format=tile_format.value,
-                )
-                return {
-                    "tilejson": "3.0.0",
-                    "name": url.rsplit("/", 1)[-1],
-                    "bounds": src.get_geographic_bounds(WGS84),
-                    "minzoom": src.minzoom,
-                    "maxzoom": src.maxzoom,
-                    "tiles": [f"{tiles}?{passthrough_query(request)}"],
-                    "attribution": "dinotiles clusters",
-                }
-
-    def wmts(self) -> None:
-        tms_type = self._tms_literal()
-
-        @self.router.get("/{tileMatrixSetId}/WMTSCapabilities.xml", response_class=Response)
-        def wmts(
-            request: Request,
-            tileMatrixSetId: Annotated[tms_type, Path()],  # type: ignore[valid-type]
-            url: str = Depends(self.path_dependency),
-        ) -> Response:
-            tms = self.supported_tms.get(tileMatrixSetId)
-            with self.reader(url, tileMatrixSetId) as src:
-                body = wmts_document(request, self, tms, url, src)
-            return Response(body, media_type="application/xml")
-
-    def info(self) -> None:
-        @self.router.get("/info")
-        def info(url: str = Depends(self.path_dependency)) -> dict[str, Any]:
-            with self.reader(url) as src:
-                grid = src.view.grid
-                meta = src.view.reader.info().model_dump(exclude_none=True, mode="json")
-                return {
-                    **meta,
-                    "analysis": {
-                        "crs": grid.crs.to_string(),
-                        "gsd_m": self.engine.bundle.gsd,
-                        "pixel_size_crs_units": grid.pixel,
-                        "patch_px": grid.patch,
-                        "window_px": grid.window,
-                        "patches": [grid.rows, grid.cols],
-                        "windows": [grid.window_rows, grid.window_cols],
-                        "bands_used": list(src.view.plan.indexes),
-                        "rescale": None
-                        if src.view.plan.low is None
-                        else {"low": src.view.plan.low, "high": src.view.plan.high},
-                    },
-                    "minzoom": src.minzoom,
-                    "maxzoom": src.maxzoom,
-                }
-
-    def point(self) -> None:
-        colors = self.engine.bundle.codebook.colors
-
-        @self.router.get("/point/{lon},{lat}")
-        def point(
-            lon: Annotated[float, Path(ge=-180, le=180)],
-            lat: Annotated[float, Path(ge=-90, le=90)],
-            url: str = Depends(self.path_dependency),
-        ) -> dict[str, Any]:
-            with self.reader(url) as src:
-                found = src.cluster_point(lon, lat)
-            cid = found["cluster"]
-            return {
-                "coordinates": [lon, lat],
-                "cluster": cid,
-                "color": None if cid is None else [int(c) for c in colors[cid]],
-                **found,
-            }
-
-    def statistics(self) -> None:
-        colors = self.engine.bundle.codebook.colors
-
-        @self.router.get("/statistics")
-        def statistics(
-            url: str = Depends(self.path_dependency),
-            bbox: tuple[float, ...] = Depends(bbox_query),
-        ) -> dict[str, Any]:
-            with self.reader(url) as src:
-                counts, patches = src.cluster_counts(bbox)  # type: ignore[arg-type]
-            return {
-                "bbox": list(bbox),
-                "gsd_m": self.engine.bundle.gsd,
-                "patches": patches,
-                "valid_patches": int(counts.sum()),
-                "clusters": cluster_shares(counts, colors),
-            }
+class Legend(BaseModel):
+    k: int
+    clusters: list[LegendEntry]
 
 
 def cluster_shares(counts: np.ndarray, colors: np.ndarray) -> list[dict[str, Any]]:
@@ -303,13 +85,13 @@ def cluster_shares(counts: np.ndarray, colors: np.ndarray) -> list[dict[str, Any
     ]
 
 
-def passthrough_query(request: Request) -> str:
+def passthrough_query(request: Request, drop: tuple[str, ...] = ()) -> str:
     """The request's own source parameters (url, assets…), minus the document's options."""
-    drop = {"tile_format", "tile_scale", "tilematrixsetid"}
-    return urlencode([(k, v) for k, v in request.query_params.multi_items() if k.lower() not in drop])
+    dropped = {"tile_format", "tile_scale", "tilesize", "tilematrixsetid", "minzoom", "maxzoom", *drop}
+    return urlencode([(k, v) for k, v in request.query_params.multi_items() if k.lower() not in dropped])
 
 
-def check_tile_index(tms: TileMatrixSet, x: int, y: int, z: int) -> None:
+def check_tile_index(tms: Any, x: int, y: int, z: int) -> None:
     """z/x/y must exist in the TMS: 400 otherwise (TiTiler answers bad indexes with 4xx too)."""
     if not tms.minzoom <= z <= tms.maxzoom:
         raise BadRequestError(f"zoom {z} is outside {tms.id}'s zooms {tms.minzoom}..{tms.maxzoom}")
@@ -318,45 +100,351 @@ def check_tile_index(tms: TileMatrixSet, x: int, y: int, z: int) -> None:
         raise BadRequestError(f"tile {x}/{y} is outside {tms.id} zoom {z} ({matrix.matrixWidth}x{matrix.matrixHeight})")
 
 
-def wmts_document(
-    request: Request, factory: ClusterTilerFactory, tms: TileMatrixSet, url: str, src: ClusterReader
-) -> str:
-    """WMTS 1.0.0 GetCapabilities with one layer (as TiTiler's WMTS route writes it)."""
-    from xml.sax.saxutils import escape
+def strict_router() -> APIRouter:
+    return APIRouter(dependencies=[Depends(reject_unknown_query)])
 
-    tiles = factory.url_for(
-        request, "tile_format", tileMatrixSetId=tms.id, z="{TileMatrix}", x="{TileCol}", y="{TileRow}", format="png"
-    )
-    template = escape(f"{tiles}?{passthrough_query(request)}")
-    west, south, east, north = src.get_geographic_bounds(WGS84)
-    matrices = []
-    for z in range(src.minzoom, src.maxzoom + 1):
-        m = tms.matrix(z)
-        matrices.append(
-            f"<TileMatrix><ows:Identifier>{m.id}</ows:Identifier>"
-            f"<ScaleDenominator>{m.scaleDenominator}</ScaleDenominator>"
-            f"<TopLeftCorner>{m.pointOfOrigin[0]} {m.pointOfOrigin[1]}</TopLeftCorner>"
-            f"<TileWidth>{m.tileWidth}</TileWidth><TileHeight>{m.tileHeight}</TileHeight>"
-            f"<MatrixWidth>{m.matrixWidth}</MatrixWidth><MatrixHeight>{m.matrixHeight}</MatrixHeight></TileMatrix>"
+
+@define(kw_only=True)
+class ClusterTilerFactory(TilerFactory):
+    """Cluster tiles, TileJSON, WMTS, map, OGC tilesets, info, point, statistics and legend for one source kind."""
+
+    engine: ClusterEngine
+    settings: Settings
+    # what `url=` (and friends) resolve to before reading: a checked Source. The URL guard lives
+    # here, in the server's dependency, not in the reader; STAC items override it.
+    path_dependency: Callable[..., Any] = field(default=None)
+    router: APIRouter = field(factory=strict_router)
+    attribution: Callable[[Source], str] = field(default=lambda src: "Clusters: dinotiles")
+
+    def __attrs_post_init__(self) -> None:
+        policy = self.settings.source_policy()
+        self.reader = cluster_reader(self.engine, policy, self.settings.request_limits())
+        if self.path_dependency is None:
+
+            def guarded_source(
+                url: Annotated[str, Query(description="COG: local path under a configured root, http(s) or s3 URL")],
+            ) -> Source:
+                return resolve_source(url, policy)
+
+            self.path_dependency = guarded_source
+        super().__attrs_post_init__()
+
+    def open(self, src: str, tms_id: str = "WebMercatorQuad") -> ClusterReader:
+        return self.cluster_reader(src, tms=self.supported_tms.get(tms_id))
+
+    @property
+    def cluster_reader(self) -> type[ClusterReader]:
+        return self.reader  # type: ignore[return-value]  # set to a ClusterReader class in __attrs_post_init__
+
+    def register_routes(self) -> None:
+        self.tile()
+        self.tilejson()
+        self.wmts()
+        self.map_viewer()
+        self.tilesets()  # TiTiler's OGC API Tiles routes, fed by ClusterReader
+        self.info()
+        self.point()
+        self.statistics()
+        self.legend()
+
+    def _tms_literal(self) -> Any:
+        return Literal[tuple(self.supported_tms.list())]
+
+    # -- tiles ---------------------------------------------------------------------------
+    def tile(self) -> None:  # type: ignore[override]
+        tms_type = self._tms_literal()
+        colors = self.engine.bundle.codebook.colors
+        fingerprint = self.engine.bundle.fingerprint
+        limit = self.settings.max_output_size
+
+        def endpoint(
+            request: Request,
+            z: Annotated[int, Path(ge=0, le=30, description="zoom (TileMatrix identifier)")],
+            x: Annotated[int, Path(ge=0, description="column")],
+            y: Annotated[int, Path(ge=0, description="row")],
+            tileMatrixSetId: Annotated[tms_type, Path(description="tiling scheme")],  # type: ignore[valid-type]
+            src: Source = Depends(self.path_dependency),
+            format: ClusterFormat = ClusterFormat.png,
+            scale: int = 1,
+            tilesize: Annotated[
+                int | None, Query(ge=16, le=limit, description="tile size in pixels (default 256 × scale)")
+            ] = None,
+        ) -> Response:
+            """Cluster colours (png/webp, alpha 0 = no data) or uint16 IDs (npy/tif, 65535 = no data) of one tile."""
+            tms = self.supported_tms.get(tileMatrixSetId)
+            check_tile_index(tms, x, y, z)
+            size = tilesize or 256 * scale
+            etag = etag_for(fingerprint, src.key, tms.id, z, x, y, size, format.value)
+            headers = {"ETag": etag, "Cache-Control": TILE_CACHE}
+            if not_modified(request, etag):
+                return Response(status_code=304, headers=headers)
+            with timing.collect() as spans:
+                with self.open(src, tileMatrixSetId) as reader:
+                    image = reader.tile(x, y, z, tilesize=size)
+                with timing.span("render"):
+                    body = encode_tile(image, format, colors)
+            headers["Server-Timing"] = timing.header(spans)
+            headers["Content-Bbox"] = ",".join(map(str, image.bounds or ()))
+            return Response(body, media_type=MEDIA[format.value], headers=headers)
+
+        def with_format(format: Annotated[ClusterFormat, Path(description="png, webp, npy or tif")]) -> ClusterFormat:
+            return format
+
+        def with_scale(
+            scale: Annotated[int, Path(ge=1, le=4, description="@Nx: N × 256 px (alias of tilesize)")],
+        ) -> int:
+            return scale
+
+        base = "/tiles/{tileMatrixSetId}/{z}/{x}/{y}"
+        # most specific first: `{y}` alone would also swallow "1@2x.png"
+        variants: list[tuple[str, str, dict[str, Any]]] = [
+            ("@{scale}x.{format}", "tile_scale_format", {"format": with_format, "scale": with_scale}),
+            ("@{scale}x", "tile_scale", {"scale": with_scale}),
+            (".{format}", "tile_format", {"format": with_format}),
+            ("", "tile", {}),
+        ]
+        for suffix, name, path_deps in variants:
+            self.router.add_api_route(
+                base + suffix,
+                _bind(endpoint, path_deps),
+                methods=["GET"],
+                name=name,
+                operation_id=f"{self.operation_prefix}{name}",
+                response_class=Response,
+                responses={200: {"content": {m: {} for m in MEDIA.values()}}, 304: {"description": "not modified"}},
+                summary="Cluster tile",
+            )
+
+    def tilejson(self) -> None:  # type: ignore[override]
+        tms_type = self._tms_literal()
+
+        @self.router.get(
+            "/{tileMatrixSetId}/tilejson.json",
+            response_model=TileJSON,
+            response_model_exclude_none=True,
+            operation_id=f"{self.operation_prefix}tilejson",
         )
-    crs_uri = tms.crs.srs if hasattr(tms.crs, "srs") else str(tms.crs)
-    return f"""<?xml version="1.0" encoding="UTF-8"?>
-<Capabilities xmlns="http://www.opengis.net/wmts/1.0" xmlns:ows="http://www.opengis.net/ows/1.1"
- xmlns:xlink="http://www.w3.org/1999/xlink" version="1.0.0">
-<ows:ServiceIdentification><ows:Title>dinotiles</ows:Title><ows:ServiceType>OGC WMTS</ows:ServiceType>
-<ows:ServiceTypeVersion>1.0.0</ows:ServiceTypeVersion></ows:ServiceIdentification>
-<Contents>
-<Layer><ows:Title>clusters</ows:Title><ows:Identifier>clusters</ows:Identifier>
-<ows:WGS84BoundingBox><ows:LowerCorner>{west} {south}</ows:LowerCorner>
-<ows:UpperCorner>{east} {north}</ows:UpperCorner></ows:WGS84BoundingBox>
-<Style isDefault="true"><ows:Identifier>default</ows:Identifier></Style>
-<Format>image/png</Format>
-<TileMatrixSetLink><TileMatrixSet>{tms.id}</TileMatrixSet></TileMatrixSetLink>
-<ResourceURL format="image/png" resourceType="tile" template="{template}"/>
-</Layer>
-<TileMatrixSet><ows:Identifier>{tms.id}</ows:Identifier><ows:SupportedCRS>{escape(crs_uri)}</ows:SupportedCRS>
-{"".join(matrices)}
-</TileMatrixSet>
-</Contents>
-</Capabilities>
-"""
+        def tilejson(
+            request: Request,
+            response: Response,
+            tileMatrixSetId: Annotated[tms_type, Path()],  # type: ignore[valid-type]
+            src: Source = Depends(self.path_dependency),
+            tile_format: ClusterFormat = ClusterFormat.png,
+            tile_scale: Annotated[int, Query(ge=1, le=4)] = 1,
+            tilesize: Annotated[int | None, Query(ge=16, le=self.settings.max_output_size)] = None,
+        ) -> dict[str, Any]:
+            """TileJSON 3.0 of the cluster layer: bounds, honest minzoom, maxzoom, attribution, legend."""
+            with self.open(src, tileMatrixSetId) as reader:
+                tiles = self.url_for(
+                    request,
+                    "tile_format",
+                    tileMatrixSetId=tileMatrixSetId,
+                    z="{z}",
+                    x="{x}",
+                    y="{y}",
+                    format=tile_format.value,
+                )
+                size = tilesize or 256 * tile_scale
+                query = passthrough_query(request) + ("&" if passthrough_query(request) else "") + f"tilesize={size}"
+                response.headers["Cache-Control"] = DOC_CACHE
+                return {
+                    "tilejson": "3.0.0",
+                    "name": src.rsplit("/", 1)[-1],
+                    "bounds": reader.get_geographic_bounds(WGS84),
+                    "minzoom": reader.minzoom,
+                    "maxzoom": reader.maxzoom,
+                    "tiles": [f"{tiles}?{query}"],
+                    "attribution": self.attribution(src),
+                    "legend": self.url_for(request, "legend"),
+                }
+
+    def wmts(self) -> None:
+        tms_type = self._tms_literal()
+
+        def capabilities(
+            request: Request,
+            tms_id: str,
+            src: Source,
+            tile_format: ClusterFormat,
+        ) -> Response:
+            tms = self.supported_tms.get(tms_id)
+            with self.open(src, tms_id) as reader:
+                bounds = reader.get_geographic_bounds(WGS84)
+                minzoom, maxzoom = reader.minzoom, reader.maxzoom
+            tiles = self.url_for(
+                request,
+                "tile_format",
+                tileMatrixSetId=tms_id,
+                z="{TileMatrix}",
+                x="{TileCol}",
+                y="{TileRow}",
+                format=tile_format.value,
+            )
+            query = passthrough_query(request, drop=("tile_format",))
+            body = wmts_capabilities(
+                title=f"{src.rsplit('/', 1)[-1]} clusters",
+                tms=tms,
+                bounds=bounds,
+                minzoom=minzoom,
+                maxzoom=maxzoom,
+                tile_template=f"{tiles}?{query}" if query else tiles,
+                capabilities_url=str(request.url),
+                media_type=MEDIA[tile_format.value],
+                attribution=self.attribution(src),
+            )
+            return Response(body, media_type="application/xml", headers={"Cache-Control": DOC_CACHE})
+
+        @self.router.get(
+            "/WMTSCapabilities.xml",
+            response_class=Response,
+            operation_id=f"{self.operation_prefix}wmts",
+            responses={200: {"content": {"application/xml": {}}}},
+        )
+        def wmts(
+            request: Request,
+            src: Source = Depends(self.path_dependency),
+            tileMatrixSetId: tms_type = "WebMercatorQuad",  # type: ignore[valid-type]
+            tile_format: ClusterFormat = ClusterFormat.png,
+        ) -> Response:
+            """OGC WMTS 1.0.0 capabilities (QGIS: Layer → Add WMS/WMTS Layer)."""
+            return capabilities(request, tileMatrixSetId, src, tile_format)
+
+        @self.router.get(
+            "/{tileMatrixSetId}/WMTSCapabilities.xml",
+            response_class=Response,
+            operation_id=f"{self.operation_prefix}wmtsForTileMatrixSet",
+            responses={200: {"content": {"application/xml": {}}}},
+        )
+        def wmts_for_tms(
+            request: Request,
+            tileMatrixSetId: Annotated[tms_type, Path()],  # type: ignore[valid-type]
+            src: Source = Depends(self.path_dependency),
+            tile_format: ClusterFormat = ClusterFormat.png,
+        ) -> Response:
+            """The same capabilities, tiling scheme in the path."""
+            return capabilities(request, tileMatrixSetId, src, tile_format)
+
+    def map_viewer(self) -> None:  # type: ignore[override]
+        @self.router.get(
+            "/{tileMatrixSetId}/map.html",
+            response_class=HTMLResponse,
+            operation_id=f"{self.operation_prefix}map",
+            name="map_viewer",  # the name TiTiler's OGC tileset links point to
+        )
+        def map_html(
+            request: Request,
+            tileMatrixSetId: Literal["WebMercatorQuad"],
+            src: Source = Depends(self.path_dependency),
+        ) -> HTMLResponse:
+            """A Leaflet map of the cluster layer (Leaflet from this server: works offline)."""
+            tilejson = self.url_for(request, "tilejson", tileMatrixSetId=tileMatrixSetId)
+            page = map_page(
+                f"{tilejson}?{request.url.query}",
+                str(request.url_for("static", path="leaflet/leaflet.js")),
+                str(request.url_for("static", path="leaflet/leaflet.css")),
+            )
+            return HTMLResponse(page)
+
+    # -- data ----------------------------------------------------------------------------
+    def info(self) -> None:  # type: ignore[override]
+        @self.router.get("/info", operation_id=f"{self.operation_prefix}info")
+        def info(src: Source = Depends(self.path_dependency)) -> dict[str, Any]:
+            """rio-tiler's info plus the 0.25 m analysis grid (CRS, pixel size, patches, windows, bands, rescale)."""
+            with self.open(src) as reader:
+                grid = reader.view.grid
+                meta = reader.info().model_dump(exclude_none=True, mode="json")
+                return {
+                    **meta,
+                    "analysis": {
+                        "crs": grid.crs.to_string(),
+                        "gsd_m": self.engine.bundle.gsd,
+                        "pixel_size_crs_units": grid.pixel,
+                        "patch_px": grid.patch,
+                        "window_px": grid.window,
+                        "patches": [grid.rows, grid.cols],
+                        "windows": [grid.window_rows, grid.window_cols],
+                        "bands_used": list(reader.view.plan.indexes),
+                        "rescale": None
+                        if reader.view.plan.low is None
+                        else {"low": reader.view.plan.low, "high": reader.view.plan.high},
+                    },
+                    "minzoom": reader.minzoom,
+                    "maxzoom": reader.maxzoom,
+                }
+
+    def point(self) -> None:  # type: ignore[override]
+        colors = self.engine.bundle.codebook.colors
+
+        @self.router.get(
+            "/point/{lon},{lat}", response_model=ClusterPoint, operation_id=f"{self.operation_prefix}point"
+        )
+        def point(
+            lon: Annotated[float, Path(ge=-180, le=180)],
+            lat: Annotated[float, Path(ge=-90, le=90)],
+            src: Source = Depends(self.path_dependency),
+        ) -> dict[str, Any]:
+            """The cluster of the patch under (lon, lat): TiTiler's point shape plus cluster and colour."""
+            with self.open(src) as reader:
+                found = reader.cluster_point(lon, lat)
+            cid = found["cluster"]
+            return {
+                "coordinates": [lon, lat],
+                "values": [cid],
+                "band_names": ["cluster"],
+                "cluster": cid,
+                "color": None if cid is None else [int(c) for c in colors[cid]],
+                "patch": found["patch"],
+            }
+
+    def statistics(self) -> None:  # type: ignore[override]
+        colors = self.engine.bundle.codebook.colors
+
+        @self.router.get("/statistics", response_model=Statistics, operation_id=f"{self.operation_prefix}statistics")
+        def statistics(
+            src: Source = Depends(self.path_dependency),
+            bbox: tuple[float, float, float, float] = Depends(bbox_query),
+        ) -> dict[str, Any]:
+            """Share of each cluster among the bbox's patches, largest first."""
+            with self.open(src) as reader:
+                counts, patches = reader.cluster_counts(bbox)
+            return {
+                "bbox": list(bbox),
+                "gsd_m": self.engine.bundle.gsd,
+                "patches": patches,
+                "valid_patches": int(counts.sum()),
+                "clusters": cluster_shares(counts, colors),
+            }
+
+    def legend(self) -> None:
+        colors = self.engine.bundle.codebook.colors
+
+        @self.router.get("/legend", response_model=Legend, operation_id=f"{self.operation_prefix}legend")
+        def legend(response: Response) -> dict[str, Any]:
+            """Cluster id → colour for the codebook (the same for every image)."""
+            response.headers["Cache-Control"] = TILE_CACHE
+            return {
+                "k": len(colors),
+                "clusters": [{"cluster": i, "color": [int(v) for v in c]} for i, c in enumerate(colors)],
+            }
+
+
+def _bind(endpoint: Callable[..., Response], path_deps: dict[str, Callable[..., Any]]) -> Callable[..., Response]:
+    """The tile endpoint with `format`/`scale` taken from the path (``.png``, ``@2x``) instead of the query."""
+    import inspect
+
+    signature = inspect.signature(endpoint)
+    params = [
+        p.replace(default=Depends(path_deps[p.name])) if p.name in path_deps else p
+        for p in signature.parameters.values()
+        if p.name in path_deps or p.name not in ("format", "scale")
+    ]
+
+    def bound(**kwargs: Any) -> Response:
+        kwargs.setdefault("format", ClusterFormat.png)
+        kwargs.setdefault("scale", 1)
+        return endpoint(**kwargs)
+
+    bound.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+    bound.__doc__ = endpoint.__doc__
+    bound.__name__ = endpoint.__name__
+    return bound

@@ -6,6 +6,7 @@ runs a sync endpoint (Starlette copies the context into its thread pool) and not
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import re
@@ -99,3 +100,58 @@ class RequestGuard:
             except BodyTooLarge:
                 if not started:
                     await _json(send, 413, f"request body over DINOTILES_MAX_BODY_BYTES={limit}", request_id)
+
+
+COMPRESSIBLE = (b"application/json", b"application/xml", b"text/", b"application/javascript", b"image/svg+xml")
+
+
+class CompressText:
+    """gzip for JSON, XML, HTML, JS and CSS when the client accepts it; tiles (PNG, WebP) go as they are.
+
+    Starlette's GZipMiddleware would also squeeze already-compressed tiles, spending CPU on the hot path
+    for nothing.
+    """
+
+    def __init__(self, app: Any, minimum_size: int = 500) -> None:
+        self.app = app
+        self.minimum_size = minimum_size
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        accepts = b"gzip" in dict(scope.get("headers", [])).get(b"accept-encoding", b"")
+        if not accepts:
+            await self.app(scope, receive, send)
+            return
+        start: dict[str, Any] | None = None
+        chunks: list[bytes] = []
+        passthrough = False
+
+        async def gzip_send(message: Any) -> None:
+            nonlocal start, passthrough
+            if message["type"] == "http.response.start":
+                headers = dict(message.get("headers", []))
+                kind = headers.get(b"content-type", b"")
+                if headers.get(b"content-encoding") or not kind.startswith(COMPRESSIBLE):
+                    passthrough = True
+                    await send(message)
+                else:
+                    start = message
+                return
+            if passthrough or start is None:
+                await send(message)
+                return
+            chunks.append(message.get("body", b""))
+            if message.get("more_body"):
+                return
+            body = b"".join(chunks)
+            kept = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+            if len(body) >= self.minimum_size:
+                body = gzip.compress(body, compresslevel=6)
+                kept.append((b"content-encoding", b"gzip"))
+            kept += [(b"content-length", str(len(body)).encode()), (b"vary", b"Accept-Encoding")]
+            await send({**start, "headers": kept})
+            await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, gzip_send)

@@ -1,24 +1,29 @@
 """/stac routes: search, item tiles (TiTiler's STAC conventions), item statistics, scene clustering.
 
-Subclasses the cluster factory: `url=<item>&assets=visual` resolves to the item's
-GeoTIFF asset, then every route runs through the same windows and cache as /cog.
+Items are addressed two ways, both through the same windows and cache as /cog:
+- ``/stac/…?url=<item URL>&assets=visual`` (any STAC item the guard allows), and
+- ``/stac/collections/{collection}/items/{item}/…`` against ``DINOTILES_STAC_URL``, the way
+  OpenAerialMap's own titiler-pgstac addresses its items.
 """
 
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
+from urllib.parse import quote
 
 from attrs import define, field
-from fastapi import Body, Depends, Query
+from fastapi import Body, Depends, Path, Query
 from pydantic import BaseModel, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from dinotiles.core.sources import Source, resolve_source
-from dinotiles.server.factory import ClusterTilerFactory, cluster_shares
+from dinotiles.server.factory import ClusterShare, ClusterTilerFactory, cluster_shares
 from dinotiles.stac.client import SearchParams, StacBadRequest, StacClient, search_params
-from dinotiles.stac.items import ItemCache, item_href, raster_asset
+from dinotiles.stac.items import ItemCache, attribution, item_href, raster_asset
 from dinotiles.stac.jobs import JobNotFound, Jobs
 from dinotiles.stac.summary import STATS_SAMPLE, cluster_items, sampled_counts
+
+ITEM_ID = r"^[A-Za-z0-9._:\-]{1,200}$"
 
 
 class SceneSearch(BaseModel):
@@ -32,74 +37,90 @@ class SceneSearch(BaseModel):
     feature: Literal["cls", "mean", "both"] = "cls"  # CLS won on AID (docs/scene-clustering.md)
 
 
-@define(kw_only=True)
-class StacTilerFactory(ClusterTilerFactory):
-    items: ItemCache = field(factory=ItemCache)
-    jobs: Jobs = field(init=False)
+class Sample(BaseModel):
+    windows: int
+    of: int
+    patches: int
+    exact: bool
+    method: str
 
-    def __attrs_post_init__(self) -> None:
+
+class ItemStatistics(BaseModel):
+    clusters: list[ClusterShare]
+    sample: Sample
+
+
+class SearchResult(BaseModel):
+    type: Literal["FeatureCollection"]
+    features: list[dict[str, Any]]
+    numberReturned: int
+
+
+class JobProgress(BaseModel):
+    done: int
+    total: int
+
+
+class JobStatus(BaseModel):
+    job: str
+    status: Literal["queued", "running", "done", "failed"]
+    progress: JobProgress
+    result: dict[str, Any] | None
+    error: str | None
+
+
+class JobAccepted(BaseModel):
+    job: str
+    status: str
+    href: str
+    items: int
+
+
+def item_source(
+    item: dict[str, Any], item_url: str, assets: list[str] | None, resolve: Callable[[str], Source]
+) -> Source:
+    """The item's raster asset as a checked Source that knows the imagery's attribution."""
+    src = resolve(raster_asset(item, assets, item_url)[1])
+    return Source(src, src.key, attribution(item))
+
+
+@define(kw_only=True)
+class StacItemFactory(ClusterTilerFactory):
+    """Cluster routes over one STAC item's GeoTIFF asset (statistics sampled over the whole item)."""
+
+    items: ItemCache = field(factory=ItemCache)
+    attribution: Callable[[Source], str] = field(default=lambda src: src.attribution or "Clusters: dinotiles")
+
+    def fetch(self, url: str) -> dict[str, Any]:
         settings = self.settings
-        policy = settings.source_policy()
-        self.jobs = Jobs(workers=settings.jobs, pending=settings.max_pending_jobs)
+        return self.items.get(url, settings.source_policy(), settings.stac_url, settings.stac_timeout)
+
+    def item_dependency(self) -> Callable[..., Source]:
+        policy = self.settings.source_policy()
 
         def item_asset(
             url: Annotated[str, Query(description="STAC item URL")],
             assets: Annotated[list[str] | None, Query(description="asset name (default: visual)")] = None,
         ) -> Source:
-            item = self.items.get(url, policy, settings.stac_url, settings.stac_timeout)
-            return resolve_source(raster_asset(item, assets)[1], policy)
+            return item_source(self.fetch(url), url, assets, lambda href: resolve_source(href, policy))
 
-        self.path_dependency = item_asset
+        return item_asset
+
+    def __attrs_post_init__(self) -> None:
+        if self.path_dependency is None:
+            self.path_dependency = self.item_dependency()
         super().__attrs_post_init__()
-
-    def stac_client(self) -> StacClient:
-        return StacClient(self.settings.stac_url, self.settings.stac_timeout)
-
-    def register_routes(self) -> None:
-        """The /cog routes (statistics overridden below for whole items), plus search and scenes."""
-        super().register_routes()
-        self.search()
-        self.scenes()
-
-    def search(self) -> None:
-        @self.router.get("/search")
-        def search(
-            request: Request,
-            bbox: str | None = None,
-            datetime: str | None = None,
-            collections: str | None = None,
-            limit: Annotated[int, Query(ge=1, le=1000)] = 10,
-        ) -> dict[str, Any]:
-            params = search_params(bbox, datetime, collections, limit)
-            result = self.stac_client().search(params)
-            base = str(request.base_url).rstrip("/") + self.router_prefix
-            for item in result["features"]:
-                href = item_href(item, self.settings.stac_url)
-                try:
-                    asset = raster_asset(item, None)[0]
-                except StacBadRequest:
-                    continue
-                item.setdefault("links", []).append(
-                    {
-                        "rel": "cluster-tilejson",
-                        "type": "application/json",
-                        "title": "dinotiles cluster layer",
-                        "href": f"{base}/WebMercatorQuad/tilejson.json?url={_q(href)}&assets={asset}",
-                    }
-                )
-            return {
-                "type": "FeatureCollection",
-                "features": result["features"],
-                "numberReturned": len(result["features"]),
-            }
 
     def statistics(self) -> None:
         colors = self.engine.bundle.codebook.colors
 
-        @self.router.get("/statistics")
-        def statistics(url: str = Depends(self.path_dependency)) -> dict[str, Any]:
-            with self.reader(url) as src:
-                counts, sampled, total = sampled_counts(self.engine, src.view)
+        @self.router.get(
+            "/statistics", response_model=ItemStatistics, operation_id=f"{self.operation_prefix}statistics"
+        )
+        def statistics(src: Source = Depends(self.path_dependency)) -> dict[str, Any]:
+            """The item's cluster shares from a seeded sample of its windows (all of them if few)."""
+            with self.open(src) as reader:
+                counts, sampled, total = sampled_counts(self.engine, reader.view)
             valid = int(counts.sum())
             if valid == 0:
                 raise StacBadRequest("the item's sampled windows hold no valid pixels")
@@ -115,9 +136,87 @@ class StacTilerFactory(ClusterTilerFactory):
                 },
             }
 
+
+@define(kw_only=True)
+class StacItemByIdFactory(StacItemFactory):
+    """/stac/collections/{collection_id}/items/{item_id}/…: items of DINOTILES_STAC_URL by id (as OAM's TiTiler)."""
+
+    def __attrs_post_init__(self) -> None:
+        policy = self.settings.source_policy()
+        api = self.settings.stac_url.rstrip("/")
+
+        def item_by_id(
+            collection_id: Annotated[str, Path(pattern=ITEM_ID, description="STAC collection id")],
+            item_id: Annotated[str, Path(pattern=ITEM_ID, description="STAC item id")],
+            assets: Annotated[list[str] | None, Query(description="asset name (default: visual)")] = None,
+        ) -> Source:
+            url = f"{api}/collections/{quote(collection_id, safe='')}/items/{quote(item_id, safe='')}"
+            return item_source(self.fetch(url), url, assets, lambda href: resolve_source(href, policy))
+
+        self.path_dependency = item_by_id
+        super().__attrs_post_init__()
+
+
+@define(kw_only=True)
+class StacTilerFactory(StacItemFactory):
+    """Item routes by URL, plus search, scene clustering and its jobs."""
+
+    jobs: Jobs = field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.jobs = Jobs(workers=self.settings.jobs, pending=self.settings.max_pending_jobs)
+        super().__attrs_post_init__()
+
+    def stac_client(self) -> StacClient:
+        return StacClient(self.settings.stac_url, self.settings.stac_timeout)
+
+    def register_routes(self) -> None:
+        super().register_routes()
+        self.search()
+        self.scenes()
+
+    def search(self) -> None:
+        @self.router.get("/search", response_model=SearchResult, operation_id=f"{self.operation_prefix}search")
+        def search(
+            request: Request,
+            bbox: str | None = None,
+            datetime: str | None = None,
+            collections: str | None = None,
+            limit: Annotated[int, Query(ge=1, le=1000)] = 10,
+        ) -> dict[str, Any]:
+            """Items of the STAC API (DINOTILES_STAC_URL), each with a `cluster-tilejson` link."""
+            params = search_params(bbox, datetime, collections, limit)
+            result = self.stac_client().search(params)
+            base = str(request.base_url).rstrip("/") + self.router_prefix
+            for item in result["features"]:
+                href = item_href(item, self.settings.stac_url)
+                try:
+                    asset = raster_asset(item, None)[0]
+                except StacBadRequest:
+                    continue
+                item.setdefault("links", []).append(
+                    {
+                        "rel": "cluster-tilejson",
+                        "type": "application/json",
+                        "title": "dinotiles cluster layer",
+                        "href": f"{base}/WebMercatorQuad/tilejson.json?url={quote(href, safe='')}&assets={asset}",
+                    }
+                )
+            return {
+                "type": "FeatureCollection",
+                "features": result["features"],
+                "numberReturned": len(result["features"]),
+            }
+
     def scenes(self) -> None:
-        @self.router.post("/scenes/cluster", status_code=200)
+        @self.router.post(
+            "/scenes/cluster",
+            status_code=200,
+            operation_id=f"{self.operation_prefix}clusterScenes",
+            responses={202: {"model": JobAccepted, "description": "large searches run as a job"}},
+        )
         def cluster(request: Request, body: Annotated[SceneSearch, Body()]) -> Any:
+            """Cluster the scenes a STAC search matches (UMAP + Dirichlet-process mixture); large searches → job."""
             params = SearchParams(
                 bbox=search_params(",".join(map(str, body.bbox)) if body.bbox else None, None, None, 1).bbox,
                 datetime=search_params(None, body.datetime, None, 1).datetime,
@@ -134,9 +233,9 @@ class StacTilerFactory(ClusterTilerFactory):
 
             def work(progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
                 def resolve(href: str) -> Source:
-                    return resolve_source(href, policy)
+                    return resolve_source(href, policy)  # asset hrefs are data from the API: guarded
 
-                return cluster_items(self.reader_cls, resolve, items, body.assets, body.feature, progress)
+                return cluster_items(self.cluster_reader, resolve, items, body.assets, body.feature, progress)
 
             if len(items) > self.settings.scenes_sync_max:
                 job = self.jobs.submit(work, total=len(items))
@@ -148,15 +247,10 @@ class StacTilerFactory(ClusterTilerFactory):
                 )
             return work()
 
-        @self.router.get("/jobs/{job_id}")
-        def job(job_id: str) -> dict[str, Any]:
+        @self.router.get("/jobs/{job_id}", response_model=JobStatus, operation_id=f"{self.operation_prefix}job")
+        def job(job_id: Annotated[str, Path(max_length=64)]) -> dict[str, Any]:
+            """A scene-clustering job: status, progress (items done of total), result or error."""
             found = self.jobs.get(job_id)
             if found is None:
                 raise JobNotFound(f"no job {job_id}")
             return found.as_dict()
-
-
-def _q(value: str) -> str:
-    from urllib.parse import quote
-
-    return quote(value, safe="")

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import replace
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 
@@ -82,7 +83,36 @@ def fetch_item(url: str, policy: SourcePolicy, timeout: float) -> dict[str, Any]
     return item
 
 
-def raster_asset(item: dict[str, Any], assets: list[str] | None) -> tuple[str, str]:
+def absolute_href(href: str, item_url: str | None) -> str:
+    """An asset href as an absolute URL or path, relative ones resolved against the item's own location.
+
+    Static catalogs write ``./image.tif``; rio-tiler's STAC reader resolves them the same way
+    (pystac's ``make_absolute_href``).
+    """
+    if not item_url or urlsplit(href).scheme or href.startswith("/"):
+        return href
+    if urlsplit(item_url).scheme in ("http", "https"):
+        return urljoin(item_url, href)
+    return os.path.normpath(os.path.join(os.path.dirname(item_url), href))
+
+
+def attribution(item: dict[str, Any]) -> str:
+    """Who made the imagery and under which licence, from STAC common metadata (OAM: CC BY 4.0 + provider)."""
+    props = item.get("properties") or {}
+    names = [str(p.get("name")) for p in props.get("providers") or [] if isinstance(p, dict) and p.get("name")]
+    for key in ("oam:producer_name", "oam:provider", "provider", "producer"):
+        if isinstance(props.get(key), str) and props[key] not in names:
+            names.append(props[key])
+    licence = (
+        props.get("license")
+        or item.get("license")
+        or ("CC BY 4.0" if item.get("collection") == "openaerialmap" else "")
+    )
+    who = ", ".join(names) or "unknown provider"
+    return f"Imagery: {who}" + (f" ({licence})" if licence else "") + " · Clusters: dinotiles"
+
+
+def raster_asset(item: dict[str, Any], assets: list[str] | None, item_url: str | None = None) -> tuple[str, str]:
     """(name, href) of the asset to tile: the one asked for, else `visual`, else the first GeoTIFF."""
     available = item["assets"]
     names = assets or (["visual"] if "visual" in available else [])
@@ -105,4 +135,4 @@ def raster_asset(item: dict[str, Any], assets: list[str] | None) -> tuple[str, s
     kind = str(asset.get("type", ""))
     if kind and not any(t in kind for t in RASTER_TYPES):
         raise StacBadRequest(f"asset {name!r} is {kind}, not a GeoTIFF")
-    return name, str(asset["href"])
+    return name, absolute_href(str(asset["href"]), item_url)
