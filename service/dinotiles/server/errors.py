@@ -7,6 +7,7 @@ with the request id and no traceback (the traceback goes to the log).
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -71,9 +72,55 @@ async def _invalid(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+ERROR_SCHEMA = {
+    "title": "Error",
+    "type": "object",
+    "properties": {
+        "detail": {"type": "string", "title": "Detail"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"loc": {"type": "array", "items": {}}, "msg": {"type": "string"}},
+            },
+        },
+    },
+    "required": ["detail"],
+}
+
+
+def document_errors(app: FastAPI) -> None:
+    """The OpenAPI says what errors look like here: ``{"detail": "one line"}`` (422 adds ``errors``)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        spec = build()
+        schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+        schemas["HTTPValidationError"] = ERROR_SCHEMA
+        schemas["Error"] = ERROR_SCHEMA
+        for methods in spec.get("paths", {}).values():
+            for op in methods.values():
+                responses = op.setdefault("responses", {})
+                for code, what in (("400", "bad request"), ("404", "not found"), ("502", "upstream failed")):
+                    responses.setdefault(
+                        code,
+                        {
+                            "description": what,
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+                        },
+                    )
+        app.openapi_schema = spec
+        return spec
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def add_error_handlers(app: FastAPI) -> None:
     handled: list[type[Exception]] = [DinotilesError, *LIBRARY_STATUS]
     for cls in handled:
         app.add_exception_handler(cls, _answer)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(Exception, _unexpected)
+    document_errors(app)
