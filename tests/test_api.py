@@ -367,3 +367,79 @@ def test_schemathesis_finds_no_server_error_or_schema_violation(stac_client: Tes
         check(result.ok())
     assert operations >= 20 and calls[0] >= operations * 3, (operations, calls)
     assert not failures, failures
+
+
+# -- settings, state, errors a platform team can act on --------------------------------------------
+def test_bad_settings_stop_the_cli_with_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    for name, value in (("DINOTILES_MAX_QUEUE", "abc"), ("DINOTILES_REQUEST_TIMEOUT", "-1")):
+        proc = subprocess.run(
+            [sys.executable, "-m", "dinotiles.cli", "serve", "--port", "1"],
+            env={**__import__("os").environ, name: value},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+        )
+        assert proc.returncode == 2
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("dinotiles: error: ") and name in lines[0], proc.stderr
+
+
+def test_two_bundles_in_one_process_keep_their_own_grids(bundle, sample: Path, tmp_path: Path, app_settings) -> None:  # type: ignore[no-untyped-def]
+    """The per-source memo is keyed by bundle and source: a 0.5 m bundle never gets the 0.25 m grid."""
+    import shutil as sh
+
+    other = tmp_path / "bundle-05"
+    sh.copytree(bundle.root, other)
+    manifest = json.loads((other / "bundle.json").read_text())
+    manifest["target_gsd"] = 0.5
+    (other / "bundle.json").write_text(json.dumps(manifest))
+    from dinotiles.core.bundle import load_bundle
+
+    half = load_bundle(other)
+    assert half.fingerprint != bundle.fingerprint
+    infos = []
+    for b in (bundle, half, bundle):
+        with TestClient(create_app(app_settings, b)) as c:
+            infos.append(c.get("/cog/info", params={"url": str(sample)}).json()["analysis"])
+    assert infos[0]["pixel_size_crs_units"] == pytest.approx(0.25)
+    assert infos[1]["pixel_size_crs_units"] == pytest.approx(0.5)
+    assert infos[2] == infos[0]
+
+
+def test_request_id_in_and_out_and_upstream_outage_is_502(client: TestClient, http_server: str, caplog) -> None:  # type: ignore[no-untyped-def]
+    import logging
+    import socket
+
+    r = client.get("/healthz", headers={"X-Request-ID": "trace-123"})
+    assert r.headers["x-request-id"] == "trace-123"
+    assert len(client.get("/healthz").headers["x-request-id"]) == 32
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]  # nothing listens here once closed
+    settings = client.app.state.settings.replace(allowed_hosts=(f"127.0.0.1:{dead}",))  # type: ignore[attr-defined]
+    with TestClient(create_app(settings, client.app.state.engine.bundle)) as c, caplog.at_level(logging.WARNING):  # type: ignore[attr-defined]
+        r = c.get("/cog/info", params={"url": f"http://127.0.0.1:{dead}/x.tif"}, headers={"X-Request-ID": "outage-1"})
+        assert r.status_code == 502 and "127.0.0.1" in r.json()["detail"]
+        assert r.headers["x-request-id"] == "outage-1"
+    assert any("outage-1" in rec.getMessage() and "502" in rec.getMessage() for rec in caplog.records)
+
+
+def test_scene_job_reports_progress(stac_client: TestClient) -> None:  # noqa: F811
+    import time
+
+    r = stac_client.post("/stac/scenes/cluster", json={"collections": ["aerial"], "limit": 10})
+    assert r.status_code == 202
+    href = r.json()["href"].replace("http://testserver", "")
+    seen = []
+    for _ in range(600):
+        job = stac_client.get(href).json()
+        seen.append(job["progress"]["done"])
+        if job["status"] in ("done", "failed"):
+            break
+        time.sleep(0.2)
+    assert job["status"] == "done" and job["progress"] == {"done": 4, "total": 4}
+    assert seen == sorted(seen)

@@ -74,9 +74,10 @@ class Bundle:
 
     @cached_property
     def fingerprint(self) -> str:
-        """Weights + encoder + codebook: what a cached cluster ID depends on."""
+        """Weights + encoder + analysis grid + codebook: what a cached cluster ID (and a source's grid) depends on."""
         w = self.manifest["weights"]["sha256"][:16]
-        return f"{w}-{self.window}-{self.manifest['feature_layer']}-{self.codebook.fingerprint}"
+        grid = f"{self.gsd:g}m{self.patch}p{self.window}w"
+        return f"{w}-{grid}-{self.manifest['feature_layer']}-{self.codebook.fingerprint}"
 
 
 def weights_fingerprint(manifest: dict[str, Any]) -> dict[str, Any]:

@@ -45,7 +45,7 @@ def _request_id(request: Request) -> str:
 
 async def _answer(request: Request, exc: Exception) -> JSONResponse:
     code = status_of(exc)
-    headers = {"X-Request-ID": _request_id(request)}
+    headers = {}  # X-Request-ID: added by RequestGuard on the way out
     if isinstance(exc, Unavailable):
         headers["Retry-After"] = str(exc.retry_after)
     if code >= 500:
@@ -55,7 +55,12 @@ async def _answer(request: Request, exc: Exception) -> JSONResponse:
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("%s %s -> 500 [%s]", request.method, request.url.path, _request_id(request))
-    return JSONResponse({"detail": f"internal error (request id {_request_id(request)})"}, status_code=500)
+    # this handler runs outside RequestGuard (Starlette's ServerErrorMiddleware): tag the answer here
+    return JSONResponse(
+        {"detail": f"internal error (request id {_request_id(request)})"},
+        status_code=500,
+        headers={"X-Request-ID": _request_id(request)},
+    )
 
 
 async def _invalid(request: Request, exc: Exception) -> JSONResponse:

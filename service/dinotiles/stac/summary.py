@@ -87,6 +87,8 @@ def cluster_items(
             _, href = raster_asset(item, [assets])
         except StacBadRequest as exc:
             skipped.append({"id": str(item.get("id")), "reason": str(exc)})
+            if progress is not None:
+                progress(n + 1, len(items))
             continue
         with reader(resolve(href)) as src:
             vectors.append(item_feature(src.engine, src.view, feature))
