@@ -443,3 +443,31 @@ def test_scene_job_reports_progress(stac_client: TestClient) -> None:  # noqa: F
         time.sleep(0.2)
     assert job["status"] == "done" and job["progress"] == {"done": 4, "total": 4}
     assert seen == sorted(seen)
+
+
+def test_bucket_refusal_is_502_naming_the_status(client: TestClient) -> None:
+    """A 403 from the object store is the store's failure (502 with the cause), not a bad file (400)."""
+    from http.server import BaseHTTPRequestHandler
+
+    class Refuses(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_HEAD(self) -> None:
+            self.send_response(403)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_HEAD
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Refuses)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    host = f"127.0.0.1:{server.server_address[1]}"
+    try:
+        settings = client.app.state.settings.replace(allowed_hosts=(host,))  # type: ignore[attr-defined]
+        with TestClient(create_app(settings, client.app.state.engine.bundle)) as c:  # type: ignore[attr-defined]
+            for route in ("/cog/info", "/rgb/info"):
+                r = c.get(route, params={"url": f"http://{host}/private.tif"})
+                assert r.status_code == 502 and "403" in r.json()["detail"], (route, r.text)
+    finally:
+        server.shutdown()
