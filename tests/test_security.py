@@ -721,3 +721,216 @@ def test_inference_gate_refuses_past_the_queue_only_inside_requests() -> None:
         t.join(10)
     assert outcomes[0] == "503 1" and sorted(outcomes[1:]) == ["ran 1", "ran 2", "ran 5"], outcomes
     assert gate.waiting == 0 and gate.rejected == 1
+
+
+# -- the hostile probe's findings, each closed in the shared mechanism -----------------------------
+def test_buffer_counts_toward_the_output_limit(client: TestClient, sample: Path) -> None:
+    url = str(sample)
+    b = client.get("/cog/WebMercatorQuad/tilejson.json", params={"url": url}).json()["bounds"]
+    t = TMS.tile((b[0] + b[2]) / 2, (b[1] + b[3]) / 2, 19)
+    path = f"/rgb/tiles/WebMercatorQuad/19/{t.x}/{t.y}.npy"
+    started = time.monotonic()
+    for buffer in (3000, 100_000):
+        assert_json_error(client.get(path, params={"url": url, "buffer": buffer}), 400, "DINOTILES_MAX_OUTPUT_SIZE")
+    assert time.monotonic() - started < 5
+    ok = client.get(path, params={"url": url, "buffer": 8})
+    assert ok.status_code == 200 and np.load(io.BytesIO(ok.content)).shape[-1] == 256 + 16
+
+
+def test_no_proxy_in_the_environment_stops_start_up(app_settings: Settings, bundle, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from dinotiles.core.egress import EgressUnsafe
+
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,169.254.169.254")
+    with pytest.raises(EgressUnsafe, match="NO_PROXY"):
+        create_app(app_settings, bundle)
+
+
+def test_egress_proxy_serves_only_this_process_and_checks_every_target(hc: TestClient, hostile: dict) -> None:  # type: ignore[type-arg]
+    from dinotiles.core import egress
+
+    proxy = next(iter(egress._PROXIES.values()))
+    host, port = proxy.server_address[:2]
+
+    def ask(lines: list[str]) -> bytes:
+        with socket.create_connection((host, port), timeout=5) as s:
+            s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+            return s.recv(200)
+
+    allowed = hostile["host"]
+    assert ask([f"GET http://{allowed}/passwd.tif HTTP/1.1", f"Host: {allowed}"]).startswith(b"HTTP/1.1 407")
+    auth = f"Proxy-Authorization: {proxy.auth}"
+    assert ask([f"CONNECT {allowed}:1 HTTP/1.1", auth]).startswith(b"HTTP/1.1 400")  # host:port:port
+    before = len(hostile["foreign_hits"])
+    answer = ask([f"GET http://{allowed}/passwd.tif HTTP/1.1", f"Host: {hostile['foreign_host']}", auth])
+    assert answer.startswith(b"HTTP/1.") and len(hostile["foreign_hits"]) == before  # Host rewritten, not obeyed
+    assert ask([f"GET http://{hostile['foreign_host']}/x.tif HTTP/1.1", auth]).startswith(b"HTTP/1.1 403")
+    assert len(hostile["foreign_hits"]) == before
+
+
+def test_huge_internal_blocks_are_refused_at_open(hc: TestClient, hostile: dict) -> None:  # type: ignore[type-arg]
+    path = hostile["root"] / "bigblock.tif"
+    if not path.exists():
+        with rasterio.open(
+            path,
+            "w",
+            driver="GTiff",
+            width=16384,
+            height=16384,
+            count=1,
+            dtype="uint8",
+            crs="EPSG:3857",
+            transform=from_bounds(0, 0, 4096, 4096, 16384, 16384),
+            tiled=True,
+            blockxsize=16384,
+            blockysize=16384,
+            compress="deflate",
+        ) as dst:
+            dst.write(np.zeros((1, 16384, 16384), np.uint8))
+    assert path.stat().st_size < 2_000_000
+    started = time.monotonic()
+    for route in ("/rgb/tiles/WebMercatorQuad/19/262144/262143.png", "/rgb/info", "/cog/info"):
+        assert_json_error(hc.get(route, params={"url": str(path)}), 400, "retile")
+    assert time.monotonic() - started < 5
+
+
+class BigOrSlowItems(BaseHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        try:
+            if self.path.startswith("/huge"):
+                self.wfile.write(b'{"type": "Feature", "x": "' + b"a" * 12_000_000 + b'"}')
+            else:  # a trickle: one byte a second
+                for _ in range(60):
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                    time.sleep(1)
+        except OSError:
+            pass
+
+
+def test_stac_item_fetch_is_bounded_in_bytes_and_time(app_settings: Settings, bundle) -> None:  # type: ignore[no-untyped-def]
+    server, host = serve(BigOrSlowItems)
+    settings = app_settings.replace(allowed_hosts=(*app_settings.allowed_hosts, host), stac_timeout=2.0)
+    try:
+        with TestClient(create_app(settings, bundle), raise_server_exceptions=False) as c:
+            started = time.monotonic()
+            assert_json_error(c.get("/stac/info", params={"url": f"http://{host}/huge"}), 400, "bytes")
+            assert_json_error(c.get("/stac/info", params={"url": f"http://{host}/trickle"}), 504)
+            assert time.monotonic() - started < 15
+    finally:
+        server.shutdown()
+
+
+def test_remote_items_may_not_name_local_files(app_settings: Settings, bundle, sample: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    item = {
+        "type": "Feature",
+        "stac_version": "1.0.0",
+        "id": "x",
+        "geometry": None,
+        "links": [],
+        "properties": {"datetime": "2024-01-01T00:00:00Z"},
+        "assets": {"visual": {"href": str(sample), "type": "image/tiff"}},
+    }
+    (tmp_path / "item.json").write_text(json.dumps(item))
+    server, host, _ = static_server(tmp_path)
+    settings = app_settings.replace(allowed_hosts=(*app_settings.allowed_hosts, host))
+    try:
+        with TestClient(create_app(settings, bundle), raise_server_exceptions=False) as c:
+            r = c.get("/stac/info", params={"url": f"http://{host}/item.json"})
+            assert_json_error(r, 400, "local path")
+    finally:
+        server.shutdown()
+
+
+def test_a_changed_remote_cog_is_read_anew(
+    app_settings: Settings, bundle, sample: Path, rasters: dict, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def,type-arg]
+    from tests.conftest import RangeHandler
+
+    (tmp_path / "cur.tif").write_bytes(sample.read_bytes())
+
+    class Ranged(RangeHandler):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, directory=str(tmp_path), **kwargs)  # type: ignore[arg-type]
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Ranged)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    host = f"127.0.0.1:{server.server_address[1]}"
+    settings = app_settings.replace(allowed_hosts=(host,), revalidate_seconds=0.01)
+    url = f"http://{host}/cur.tif"
+    try:
+        with TestClient(create_app(settings, bundle), raise_server_exceptions=False) as c:
+            first = c.get("/rgb/info", params={"url": url})
+            assert first.status_code == 200 and first.json()["count"] == 3
+            (tmp_path / "cur.tif").write_bytes(rasters["gray"].read_bytes())  # another object, other size
+            time.sleep(1.1)  # Last-Modified has one-second resolution
+            second = c.get("/rgb/info", params={"url": url})
+            assert second.status_code == 200, second.text
+            assert second.json()["count"] == 1  # GDAL's cached header of the old object was dropped
+    finally:
+        server.shutdown()
+
+
+def test_weak_sources_get_their_identity_from_the_file(
+    app_settings: Settings, bundle, sample: Path, rasters: dict, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def,type-arg]
+    """No ETag, no Last-Modified, same length: the tile's ETag still changes with the content."""
+    a, b = sample.read_bytes(), rasters["half_nodata"].read_bytes()
+    size = max(len(a), len(b))
+    a, b = a + b"\0" * (size - len(a)), b + b"\0" * (size - len(b))  # TIFF readers ignore trailing bytes
+    (tmp_path / "w.tif").write_bytes(a)
+
+    from tests.conftest import RangeHandler
+
+    class NoValidators(RangeHandler):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, directory=str(tmp_path), **kwargs)  # type: ignore[arg-type]
+
+        def send_header(self, keyword: str, value: str) -> None:
+            if keyword.lower() not in ("last-modified", "etag"):
+                super().send_header(keyword, value)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), NoValidators)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    host = f"127.0.0.1:{server.server_address[1]}"
+    settings = app_settings.replace(allowed_hosts=(host,), revalidate_seconds=0.01)
+    url = f"http://{host}/w.tif"
+    try:
+        with TestClient(create_app(settings, bundle), raise_server_exceptions=False) as c:
+            bounds = c.get("/cog/WebMercatorQuad/tilejson.json", params={"url": url}).json()["bounds"]
+            t = TMS.tile((bounds[0] + bounds[2]) / 2, (bounds[1] + bounds[3]) / 2, 17)
+            path = f"/cog/tiles/WebMercatorQuad/17/{t.x}/{t.y}.png"
+            first = c.get(path, params={"url": url})
+            assert first.status_code == 200 and int(first.headers["cache-control"].split("=")[1]) <= 1
+            (tmp_path / "w.tif").write_bytes(b)
+            time.sleep(0.05)
+            second = c.get(path, params={"url": url})
+            assert second.status_code == 200 and second.headers["etag"] != first.headers["etag"]
+    finally:
+        server.shutdown()
+
+
+def test_chunked_oversized_body_is_413_and_rgb_refuses_unknown_parameters(
+    app_settings: Settings, bundle, sample: Path
+) -> None:  # type: ignore[no-untyped-def]
+    with UvicornThread(create_app(app_settings, bundle)) as base:
+
+        def body() -> Iterator[bytes]:
+            yield b"{"
+            for _ in range(20):
+                yield b" " * 100_000
+            yield b"}"
+
+        r = httpx.post(f"{base}/stac/scenes/cluster", content=body(), headers={"content-type": "application/json"})
+        assert_json_error(r, 413, "DINOTILES_MAX_BODY_BYTES")
+        unknown = httpx.get(f"{base}/rgb/info", params={"url": str(sample), "foo": "1"})
+        assert unknown.status_code == 422 and "foo" in unknown.text
+        star = httpx.get(
+            f"{base}/cog/tiles/WebMercatorQuad/19/1/1.png", params={"url": str(sample)}, headers={"If-None-Match": "*"}
+        )
+        assert star.status_code == 404  # "*" is no reason to skip the work and answer 304

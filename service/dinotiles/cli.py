@@ -308,7 +308,10 @@ def cluster_search(args: argparse.Namespace) -> dict[str, object]:
         def resolve(href: str) -> Source:
             return resolve_source(href, policy)  # asset hrefs come from the API: guarded like any URL
 
-        return cluster_items(reader, resolve, items, args.assets, args.feature)
+        from dinotiles.stac.items import item_href
+
+        api = settings.stac_url
+        return cluster_items(reader, resolve, items, args.assets, args.feature, item_url=lambda it: item_href(it, api))
     except (StacBadRequest, StacUpstreamError, StacTimeout) as exc:
         raise CliError(str(exc)) from exc
 

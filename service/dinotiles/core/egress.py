@@ -13,8 +13,11 @@ One proxy per policy (allowlist), started on first use and kept for the process'
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
+import os
+import secrets
 import selectors
 import socket
 import socketserver
@@ -24,10 +27,27 @@ from collections import deque
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
+from dinotiles.core.errors import DinotilesError
+
 logger = logging.getLogger("dinotiles.egress")
 MAX_HEADER_BYTES = 65536
+MAX_CONNECTIONS = 128  # concurrent connections through one proxy; more are refused (503)
 Policy = Callable[[str, int], bool]
 _REFUSALS: deque[tuple[float, str]] = deque(maxlen=256)  # (monotonic time, host:port) of every refused hop
+
+
+class EgressUnsafe(DinotilesError):
+    """The environment would let GDAL bypass the egress guard (the server refuses to start)."""
+
+
+def check_environment() -> None:
+    """libcurl skips any proxy for hosts in NO_PROXY: with it set, a redirect could leave the allowlist."""
+    bypass = [name for name in ("NO_PROXY", "no_proxy") if os.environ.get(name)]
+    if bypass:
+        raise EgressUnsafe(
+            f"{'/'.join(bypass)} is set: libcurl would let GDAL bypass dinotiles' egress guard for those hosts; "
+            "unset it for the server process (its remote reads are already limited to the allowlists)"
+        )
 
 
 def refused_since(started: float) -> list[str]:
@@ -39,7 +59,17 @@ class _Handler(socketserver.StreamRequestHandler):
     server: _ProxyServer
 
     def handle(self) -> None:
+        if not self.server.slots.acquire(blocking=False):
+            self._answer(503, "egress proxy busy")
+            return
+        try:
+            self._handle()
+        finally:
+            self.server.slots.release()
+
+    def _handle(self) -> None:
         self.connection.settimeout(self.server.timeout_s)
+        self.deadline = time.monotonic() + self.server.total_s
         try:
             head = self._read_head()
         except (OSError, ValueError):
@@ -47,6 +77,13 @@ class _Handler(socketserver.StreamRequestHandler):
         if head is None:
             return
         request_line, header_lines = head
+        # only this process may use the proxy: GDAL sends the per-process token (GDAL_HTTP_PROXYUSERPWD)
+        if not any(
+            h.lower().startswith("proxy-authorization:") and h.split(":", 1)[1].strip() == self.server.auth
+            for h in header_lines
+        ):
+            self._answer(407, "proxy authentication required", 'Proxy-Authenticate: Basic realm="dinotiles"\r\n')
+            return
         try:
             method, target, version = request_line.split(" ", 2)
         except ValueError:
@@ -54,7 +91,16 @@ class _Handler(socketserver.StreamRequestHandler):
             return
         if method.upper() == "CONNECT":
             host, _, port_text = target.rpartition(":")
-            self._tunnel(host.strip("[]"), int(port_text) if port_text.isdigit() else 443)
+            if host.startswith("["):
+                host = host[1:-1] if host.endswith("]") else ""
+            if not host or (":" in host and not target.startswith("[")) or not port_text.isdigit():
+                self._answer(400, "CONNECT needs host:port")
+                return
+            port = int(port_text)
+            if not 0 < port < 65536:
+                self._answer(400, "bad port")
+                return
+            self._tunnel(host, port)
             return
         parts = urlsplit(target)
         if parts.scheme.lower() != "http" or not parts.hostname:
@@ -66,8 +112,14 @@ class _Handler(socketserver.StreamRequestHandler):
             self._answer(400, "bad port")
             return
         origin = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        kept = [h for h in header_lines if not h.lower().startswith(("proxy-", "connection:", "keep-alive:"))]
-        forward = f"{method} {origin} {version}\r\n" + "".join(f"{h}\r\n" for h in kept) + "Connection: close\r\n\r\n"
+        dropped = ("proxy-", "connection:", "keep-alive:", "host:")
+        kept = [h for h in header_lines if not h.lower().startswith(dropped)]
+        host_header = f"Host: {parts.hostname}" + (f":{parts.port}" if parts.port else "")  # never the caller's Host
+        forward = (
+            f"{method} {origin} {version}\r\n{host_header}\r\n"
+            + "".join(f"{h}\r\n" for h in kept)
+            + "Connection: close\r\n\r\n"
+        )
         self._forward(parts.hostname, port, forward.encode("latin-1"))
 
     def _read_head(self) -> tuple[str, list[str]] | None:
@@ -84,9 +136,9 @@ class _Handler(socketserver.StreamRequestHandler):
             lines.append(line)
         return (lines[0], lines[1:]) if lines else None
 
-    def _answer(self, code: int, reason: str) -> None:
+    def _answer(self, code: int, reason: str, extra: str = "") -> None:
         body = reason.encode()
-        head = f"HTTP/1.1 {code} {reason}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        head = f"HTTP/1.1 {code} {reason}\r\n{extra}Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
         with contextlib.suppress(OSError):
             self.wfile.write(head.encode() + body)
 
@@ -131,7 +183,7 @@ class _Handler(socketserver.StreamRequestHandler):
         if both_ways:
             selector.register(client, selectors.EVENT_READ, upstream)
         try:
-            while True:
+            while time.monotonic() < self.deadline:
                 ready = selector.select(timeout=self.server.timeout_s)
                 if not ready:
                     return
@@ -151,10 +203,16 @@ class _ProxyServer(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
 
+    request_queue_size = 128
+
     def __init__(self, policy: Policy, timeout_s: float, connect_timeout_s: float) -> None:
         self.policy = policy
         self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s
+        self.total_s = 30 * timeout_s  # no connection lives longer, however it trickles
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.user = "dinotiles:" + secrets.token_urlsafe(24)  # GDAL_HTTP_PROXYUSERPWD
+        self.auth = "Basic " + base64.b64encode(self.user.encode()).decode()
         super().__init__(("127.0.0.1", 0), _Handler)
 
 
@@ -164,6 +222,7 @@ _LOCK = threading.Lock()
 
 def egress_proxy(key: tuple[object, ...], policy: Policy, timeout_s: float, connect_timeout_s: float) -> _ProxyServer:
     """The running proxy for this policy (``key`` names it), started on first use."""
+    check_environment()
     with _LOCK:
         server = _PROXIES.get(key)
         if server is None:

@@ -86,7 +86,8 @@ class ClusterReader(GuardedReader):
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         source = self.input if isinstance(self.input, Source) else Source.local(str(self.input))
-        key = source.key if not source.key.startswith("s3://") else f"{source.key}#{dataset_fingerprint(self.dataset)}"
+        # without a validator (s3, hosts with no ETag/Last-Modified) the file's own layout names its version
+        key = f"{source.key}#{dataset_fingerprint(self.dataset)}" if source.weak else source.key
         bundle, policy = self.engine.bundle, self.policy
         dataset = self.dataset
         grid, plan = _SOURCE_META.get(

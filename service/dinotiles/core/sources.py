@@ -15,6 +15,7 @@ comes through here:
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -37,7 +38,9 @@ from dinotiles.core.egress import egress_proxy, refused_since
 from dinotiles.core.errors import BadInput, Forbidden, NotFound, UpstreamFailure, UpstreamSlow
 from dinotiles.core.limits import RequestTooLarge, check_deadline
 
+logger = logging.getLogger("dinotiles")
 READ_DRIVERS = "GTiff"
+MAX_BLOCK_PIXELS = 4096 * 4096  # one internal tile or strip GDAL must decompress whole, whatever is asked
 MAX_REDIRECTS = 3
 BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 S3_HOST = re.compile(r"^(?P<bucket>[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])\.s3([.\-][a-z0-9\-]+)*\.amazonaws\.com$")
@@ -135,11 +138,13 @@ class Source(str):
 
     key: str
     attribution: str
+    weak: bool
 
-    def __new__(cls, path: str, key: str, attribution: str = "") -> Source:
+    def __new__(cls, path: str, key: str, attribution: str = "", weak: bool = False) -> Source:
         obj = super().__new__(cls, path)
         obj.key = key
         obj.attribution = attribution  # who made the imagery, where known (STAC items)
+        obj.weak = weak  # no validator (s3, or a host without ETag/Last-Modified): identity comes from the file
         return obj
 
     @property
@@ -189,8 +194,9 @@ def _probe(url: str, settings: SourcePolicy) -> Source:
             if response.status_code >= 400:
                 raise UpstreamError(f"{urlsplit(current).netloc} answered HTTP {response.status_code} for {url}")
             h = response.headers
+            weak = not (h.get("etag") or h.get("last-modified"))
             validator = "|".join(h.get(k, "") for k in ("etag", "last-modified", "content-length"))
-            return Source(current, f"{current}#{validator}")
+            return Source(current, f"{current}#{validator}", weak=weak)
     raise SourceForbidden(f"{url} redirects more than {MAX_REDIRECTS} times")
 
 
@@ -204,14 +210,32 @@ def resolve_source(url: str, settings: SourcePolicy) -> Source:
         if hit and hit[0] > now:
             return hit[1]
         source = _probe(target, settings)
+        if hit and (hit[1].key != source.key or source.weak):
+            # the object changed (or, without validators, may have): GDAL must not reuse its cached size and blocks
+            forget_remote(hit[1].path)
         with _PROBE_LOCK:
             _PROBES[target] = (now + settings.revalidate_seconds, source)
             while len(_PROBES) > 4096:
                 _PROBES.pop(next(iter(_PROBES)))
         return source
     if target.startswith("s3://"):
-        return Source(target, target)  # completed by dataset_fingerprint once open
+        return Source(target, target, weak=True)  # completed by dataset_fingerprint once open
     return Source.local(target)
+
+
+def forget_remote(url: str) -> None:
+    """Drop GDAL's /vsicurl/ cache (size, headers, blocks) of one URL, so a changed object is read anew."""
+    try:
+        import ctypes
+        import glob
+
+        import rasterio as rio
+
+        libs = glob.glob(os.path.join(os.path.dirname(rio.__file__) + ".libs", "libgdal*.so*")) or ["libgdal.so"]
+        gdal = ctypes.CDLL(libs[0])
+        gdal.VSICurlPartialClearCache(("/vsicurl/" + url).encode())
+    except (OSError, AttributeError):  # a GDAL without the call: the revalidated key still changes the clusters
+        logger.warning("could not clear GDAL's HTTP cache for %s", url)
 
 
 def dataset_fingerprint(dataset: Any) -> str:
@@ -261,6 +285,7 @@ def gdal_env(settings: SourcePolicy) -> dict[str, Any]:
         "GDAL_HTTP_LOW_SPEED_LIMIT": "1",
         "GDAL_HTTP_MAX_RETRY": "0",
         "GDAL_HTTP_PROXY": "{}:{}".format(*proxy.server_address[:2]),
+        "GDAL_HTTP_PROXYUSERPWD": proxy.user,  # only this process can use its proxy
         "GDAL_CACHEMAX": settings.gdal_cache_mb * 1024 * 1024,  # bytes (an int); rasterio sets it process-wide
     }
 
@@ -289,8 +314,13 @@ def classify_error(path: str, exc: Exception, started: float | None = None, time
             return SourceNotFound(f"no file at {path} (HTTP {code[1]})")
         network = ("resolve", "connect", "refused", "curl error", "ssl", "reset by peer", "empty reply")
         if code or any(s in lower for s in network):
-            return UpstreamError(f"reading {path} failed upstream: {text}")
-    return SourceUnreadable(f"cannot read {name} as a GeoTIFF: {text}")
+            return UpstreamError(f"reading {path} failed upstream: {_without_local_paths(text, path)}")
+    return SourceUnreadable(f"cannot read {name} as a GeoTIFF: {_without_local_paths(text, path)}")
+
+
+def _without_local_paths(text: str, path: str) -> str:
+    """GDAL's messages may name files of the server (``/root/.aws/credentials``): keep only the source's name."""
+    return re.sub(r"(?<![\w.:])/(?:[\w.\-]+/)+[\w.\-]*", lambda m: m[0] if m[0] in path else "<path>", text)
 
 
 def open_dataset(path: str, timeout: float | None = None) -> rasterio.DatasetReader:
@@ -305,6 +335,13 @@ def open_dataset(path: str, timeout: float | None = None) -> rasterio.DatasetRea
     if dataset.crs is None or dataset.transform.is_identity:
         dataset.close()
         raise SourceUnreadable("the raster has no georeferencing (CRS and transform)")
+    rows, cols = max(dataset.block_shapes, key=lambda b: b[0] * b[1])
+    if rows * cols > MAX_BLOCK_PIXELS:
+        dataset.close()
+        raise SourceUnreadable(
+            f"the file stores {cols}x{rows} px blocks: any read decompresses a whole block; "
+            "retile it (a COG with 256-1024 px tiles)"
+        )
     return dataset
 
 
@@ -356,8 +393,14 @@ class GuardedReader(Reader):
         if bad:
             raise SourceUnreadable(f"band(s) {bad} out of range: the raster has bands 1..{count}")
 
-    def _check_size(self, src_w: float, src_h: float, width: Any, height: Any, max_size: Any) -> None:
+    def _check_size(
+        self, src_w: float, src_h: float, width: Any, height: Any, max_size: Any, buffer: Any = None
+    ) -> None:
         out_w, out_h = _output_shape(src_w, src_h, width, height, max_size)
+        pad = 2 * math.ceil(float(buffer or 0))  # rio-tiler adds `buffer` pixels on every side
+        if pad < 0:
+            raise SourceUnreadable("buffer must not be negative")
+        out_w, out_h = out_w + pad, out_h + pad
         limit = self.policy.max_output_size
         if out_w > limit or out_h > limit:
             raise RequestTooLarge(
@@ -394,7 +437,9 @@ class GuardedReader(Reader):
             raise SourceUnreadable("bbox lies outside the raster's coordinate system")
         src_w = min((right - left) / res_x, self._ds.width * 4.0)
         src_h = min((top - bottom) / res_y, self._ds.height * 4.0)
-        self._check_size(src_w, src_h, kwargs.get("width"), kwargs.get("height"), kwargs.get("max_size"))
+        self._check_size(
+            src_w, src_h, kwargs.get("width"), kwargs.get("height"), kwargs.get("max_size"), kwargs.get("buffer")
+        )
         return self._guarded(lambda: super(GuardedReader, self).part(bbox, *args, **kwargs))
 
     def read(self, *args: Any, **kwargs: Any) -> Any:

@@ -25,7 +25,7 @@ from dinotiles.core.sources import (
     resolve_source,
 )
 from dinotiles.server.errors import add_error_handlers
-from dinotiles.server.factory import ClusterTilerFactory
+from dinotiles.server.factory import ClusterTilerFactory, strict_router
 from dinotiles.server.metrics import Metrics
 from dinotiles.server.middleware import CompressText, RequestGuard
 from dinotiles.server.settings import Settings
@@ -66,6 +66,7 @@ def create_app(settings: Settings | None = None, bundle: Bundle | None = None) -
     app.include_router(clusters.router, prefix="/cog", tags=["Clusters"])
 
     policy = settings.source_policy()
+    gdal_env(policy)  # starts the egress guard now: an unsafe environment (NO_PROXY) stops start-up, not a request
 
     def checked_path(url: Annotated[str, Query(description="COG URL or local path")]) -> str:
         return resolve_source(url, policy).path
@@ -81,6 +82,7 @@ def create_app(settings: Settings | None = None, bundle: Bundle | None = None) -
         path_dependency=checked_path,
         environment_dependency=lambda: gdal_env(policy),
         router_prefix="/rgb",
+        router=strict_router(),  # TiTiler's routes refuse unknown parameters too
         add_viewer=False,
         add_ogc_maps=False,
     )

@@ -174,13 +174,16 @@ class ClusterTilerFactory(TilerFactory):
             tms = self.supported_tms.get(tileMatrixSetId)
             check_tile_index(tms, x, y, z)
             size = tilesize or 256 * scale
-            etag = etag_for(fingerprint, src.key, tms.id, z, x, y, size, format.value)
-            headers = {"ETag": etag, "Cache-Control": TILE_CACHE}
-            if not_modified(request, etag):
-                return Response(status_code=304, headers=headers)
-            with timing.collect() as spans:
-                with self.open(src, tileMatrixSetId) as reader:
-                    image = reader.tile(x, y, z, tilesize=size)
+            remote = src.startswith(("http://", "https://", "s3://"))
+            # a remote object is rechecked every DINOTILES_REVALIDATE_SECONDS: caches must not keep it longer
+            max_age = min(3600, int(self.settings.revalidate_seconds)) if remote else 3600
+            headers = {"Cache-Control": f"public, max-age={max_age}"}
+            with timing.collect() as spans, self.open(src, tileMatrixSetId) as reader:
+                # the identity the window cache uses (for sources without validators it needs the open file)
+                headers["ETag"] = etag_for(fingerprint, reader.view.key, tms.id, z, x, y, size, format.value)
+                if not_modified(request, headers["ETag"]):
+                    return Response(status_code=304, headers=headers)
+                image = reader.tile(x, y, z, tilesize=size)
                 with timing.span("render"):
                     body = encode_tile(image, format, colors)
             headers["Server-Timing"] = timing.header(spans)

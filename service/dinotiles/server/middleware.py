@@ -73,6 +73,29 @@ class RequestGuard:
         head = scope["method"] == "HEAD"
         if head:  # answered as GET without a body, as HTTP says
             scope = {**scope, "method": "GET"}
+        if "content-length" not in headers and scope["method"] in ("POST", "PUT", "PATCH"):
+            # a chunked body: read it here, bounded, so an oversized one is a 413 and not a parse error
+            chunks, size = [], 0
+            while True:
+                message = await receive()
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    await _json(send, 413, f"request body over DINOTILES_MAX_BODY_BYTES={limit}", request_id)
+                    return
+                chunks.append(chunk)
+                if not message.get("more_body"):
+                    break
+            body, replayed = b"".join(chunks), False
+
+            async def receive_buffered() -> Any:
+                nonlocal replayed
+                if not replayed:
+                    replayed = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+                return await receive()
+
+            receive = receive_buffered
         received = 0
 
         async def bounded_receive() -> Any:

@@ -235,7 +235,16 @@ class StacTilerFactory(StacItemFactory):
                 def resolve(href: str) -> Source:
                     return resolve_source(href, policy)  # asset hrefs are data from the API: guarded
 
-                return cluster_items(self.cluster_reader, resolve, items, body.assets, body.feature, progress)
+                api = self.settings.stac_url
+                return cluster_items(
+                    self.cluster_reader,
+                    resolve,
+                    items,
+                    body.assets,
+                    body.feature,
+                    progress,
+                    item_url=lambda item: item_href(item, api),
+                )
 
             if len(items) > self.settings.scenes_sync_max:
                 job = self.jobs.submit(work, total=len(items))

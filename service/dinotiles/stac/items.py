@@ -57,17 +57,23 @@ class ItemCache:
         return item
 
 
+MAX_ITEM_BYTES = 10 * 1024 * 1024  # a STAC item is a few KB; anything near this is an attack
+
+
 def fetch_item(url: str, policy: SourcePolicy, timeout: float) -> dict[str, Any]:
-    """The item JSON at ``url`` (guarded like any source, no redirects followed)."""
+    """The item JSON at ``url`` (guarded like any source, no redirects followed, bounded in bytes and time)."""
     checked = check_url(url, policy)
     try:
         if checked.startswith("http"):
-            response = httpx.get(checked, timeout=timeout, follow_redirects=False)
-            response.raise_for_status()
-            item = response.json()
+            item = json.loads(_bounded_get(checked, timeout))
         else:
-            with open(checked) as fh:
-                item = json.load(fh)
+            with open(checked, "rb") as fh:
+                raw = fh.read(MAX_ITEM_BYTES + 1)
+            if len(raw) > MAX_ITEM_BYTES:
+                raise StacBadRequest(f"{url} is over {MAX_ITEM_BYTES} bytes: not a STAC item")
+            item = json.loads(raw)
+    except StacBadRequest:
+        raise
     except httpx.TimeoutException as exc:
         raise StacTimeout(f"item {url} did not arrive within {timeout} s") from exc
     except httpx.HTTPStatusError as exc:
@@ -83,15 +89,39 @@ def fetch_item(url: str, policy: SourcePolicy, timeout: float) -> dict[str, Any]
     return item
 
 
+def _bounded_get(url: str, timeout: float) -> bytes:
+    """GET at most MAX_ITEM_BYTES within ``timeout`` seconds in all (httpx's own timeout is per read)."""
+    deadline = time.monotonic() + timeout
+    client = httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False)
+    with client, client.stream("GET", url) as response:
+        response.raise_for_status()
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_ITEM_BYTES:
+            raise StacBadRequest(f"{url} is {declared} bytes: not a STAC item")
+        body = bytearray()
+        for chunk in response.iter_bytes():
+            body += chunk
+            if len(body) > MAX_ITEM_BYTES:
+                raise StacBadRequest(f"{url} is over {MAX_ITEM_BYTES} bytes: not a STAC item")
+            if time.monotonic() > deadline:
+                raise httpx.ReadTimeout(f"{url} took longer than {timeout} s")
+    return bytes(body)
+
+
 def absolute_href(href: str, item_url: str | None) -> str:
     """An asset href as an absolute URL or path, relative ones resolved against the item's own location.
 
     Static catalogs write ``./image.tif``; rio-tiler's STAC reader resolves them the same way
     (pystac's ``make_absolute_href``).
     """
+    remote_item = bool(item_url) and urlsplit(item_url or "").scheme.lower() in ("http", "https", "s3")
+    local_href = not urlsplit(href).scheme or urlsplit(href).scheme.lower() == "file"
+    if remote_item and local_href and (href.startswith("/") or urlsplit(href).scheme):
+        # a remote item must not choose files of this server, even inside the local roots
+        raise StacBadRequest("a remote item's asset must be a URL, not a local path")
     if not item_url or urlsplit(href).scheme or href.startswith("/"):
         return href
-    if urlsplit(item_url).scheme in ("http", "https"):
+    if remote_item:
         return urljoin(item_url, href)
     return os.path.normpath(os.path.join(os.path.dirname(item_url), href))
 

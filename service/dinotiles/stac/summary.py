@@ -73,18 +73,20 @@ def cluster_items(
     assets: str,
     feature: str,
     progress: Callable[[int, int], None] | None = None,
+    item_url: Callable[[dict[str, Any]], str] | None = None,
 ) -> dict[str, Any]:
     """Scene-cluster STAC items; items without the asset are listed under `skipped`, never dropped silently.
 
-    ``resolve`` is the server's URL guard (asset hrefs are client-controlled data); ``progress``
-    hears (items done, items in all) as each item is summarised.
+    ``resolve`` is the server's URL guard (asset hrefs are client-controlled data); ``item_url``
+    names where an item came from (relative hrefs resolve against it, and a remote item may not name
+    local files); ``progress`` hears (items done, items in all) as each item is summarised.
     """
     from dinotiles.scenes.cluster import cluster_scenes
 
     vectors, names, skipped = [], [], []
     for n, item in enumerate(items):
         try:
-            _, href = raster_asset(item, [assets])
+            _, href = raster_asset(item, [assets], item_url(item) if item_url else None)
         except StacBadRequest as exc:
             skipped.append({"id": str(item.get("id")), "reason": str(exc)})
             if progress is not None:
