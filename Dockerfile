@@ -24,13 +24,16 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 FROM base AS build
 WORKDIR /src
 COPY build/wheelhouse /wheelhouse
+# torch first, in its own layer: it is the heavy part and changes only with its pin
+RUN --mount=type=secret,id=cabundle \
+    if [ -s /run/secrets/cabundle ]; then export PIP_CERT=/run/secrets/cabundle; fi \
+ && python3 -m venv /opt/build \
+ && /opt/build/bin/pip install -q --find-links /wheelhouse "torch==2.13.0"
 COPY pyproject.toml README.md LICENSE ./
 COPY service ./service
 COPY export ./export
 RUN --mount=type=secret,id=cabundle \
     if [ -s /run/secrets/cabundle ]; then export PIP_CERT=/run/secrets/cabundle; fi \
- && python3 -m venv /opt/build \
- && /opt/build/bin/pip install -q --find-links /wheelhouse "torch==2.13.0" \
  && /opt/build/bin/pip install -q --find-links /wheelhouse ".[cpu,export]" \
  && /opt/build/bin/pip wheel -q --no-deps -w /dist . \
  && DINOTILES_DEMO_DIR=/opt/demo /opt/build/bin/dinotiles demo \
