@@ -42,7 +42,9 @@ RUN --mount=type=secret,id=cabundle \
 # -- runtime: one ONNX Runtime per image, no torch, no compilers
 FROM base AS runtime
 ARG RUNTIME_EXTRA=cpu
-RUN --mount=type=secret,id=cabundle --mount=type=bind,from=build,source=/dist,target=/dist \
+# COPY (not a bind mount): the layer cache must see a changed wheel
+COPY --from=build /dist /dist
+RUN --mount=type=secret,id=cabundle \
     if [ -s /run/secrets/cabundle ]; then export PIP_CERT=/run/secrets/cabundle; fi \
  && python3 -m venv /opt/dinotiles \
  && /opt/dinotiles/bin/pip install -q "$(ls /dist/dinotiles-*.whl)[${RUNTIME_EXTRA}]" \
@@ -71,7 +73,7 @@ CMD ["dinotiles", "serve", "--host", "0.0.0.0", "--port", "8000"]
 FROM runtime AS gpu
 # onnxruntime-gpu with its CUDA/cuDNN libraries from pip (the `gpu` extra); needs the NVIDIA container toolkit
 USER 0
-RUN --mount=type=secret,id=cabundle --mount=type=bind,from=build,source=/dist,target=/dist \
+RUN --mount=type=secret,id=cabundle \
     if [ -s /run/secrets/cabundle ]; then export PIP_CERT=/run/secrets/cabundle; fi \
  && /opt/dinotiles/bin/pip uninstall -q -y onnxruntime \
  && /opt/dinotiles/bin/pip install -q "$(ls /dist/dinotiles-*.whl)[gpu]" "onnxruntime-gpu[cuda,cudnn]" \
