@@ -25,6 +25,8 @@ from PIL import Image
 from dinotiles.server.app import create_app
 from tests.test_stac import item_url, stac_api, stac_client  # noqa: F401  (fixtures)
 
+pytestmark = pytest.mark.slow  # the real app with real weights
+
 TMS = morecantile.tms.get("WebMercatorQuad")
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
