@@ -58,6 +58,7 @@ def test_layers_import_one_way(layer: str, forbidden: tuple[str, ...]) -> None:
         assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
 
 
+@pytest.mark.slow
 def test_vendored_front_end_matches_npm() -> None:
     """The package's copies of Leaflet, Swagger UI and ReDoc are the npm-pinned files (`make vendor`)."""
     pairs = {

@@ -81,6 +81,7 @@ def test_ids_round_trip_compressed() -> None:
         decode_ids(blob[:4] + b"garbage")
 
 
+@pytest.mark.slow
 def test_redis_down_is_a_miss_counted_once_and_retried(redis_port: int, caplog) -> None:  # type: ignore[no-untyped-def]
     cache = SharedCache(f"redis://127.0.0.1:{free_port()}/0", pause=0.2)  # nothing listens there
     key = ("fp", "/a.tif:1:2", 0, 0)
