@@ -30,12 +30,16 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 )
 def test_bad_arguments_are_one_line_exit_2(args: list[str]) -> None:
     result = run_cli(*args)
-    assert result.returncode == 2
-    lines = [line for line in result.stderr.strip().splitlines() if "Warning" not in line and line.strip()]
-    assert (len(lines) == 1 and lines[0].startswith("dinotiles: error")) or lines[-1].startswith("dinotiles: error")
-    assert "Traceback" not in result.stderr
+    assert result.returncode == 2, result.stderr
+    # exactly one line on stderr (no usage block, no warning, no traceback) and nothing on stdout
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("dinotiles: error: "), result.stderr
+    assert result.stderr == lines[0] + "\n"
+    assert result.stdout == ""
 
 
+@pytest.mark.slow
 def test_render_writes_cogs(bundle, sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("DINOTILES_BUNDLE", str(bundle.root))
     out = tmp_path / "clusters.tif"

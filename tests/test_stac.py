@@ -21,6 +21,9 @@ from rasterio.warp import transform_bounds
 from dinotiles.server.app import create_app
 from tests.conftest import wait_for
 
+# every test here starts servers (rustac, an HTTP file server) and an app with the real model
+pytestmark = pytest.mark.slow
+
 TMS = morecantile.tms.get("WebMercatorQuad")
 RUSTAC = shutil.which("rustac") or str(Path(__file__).resolve().parent.parent / ".venv" / "bin" / "rustac")
 

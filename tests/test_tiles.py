@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import io
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import morecantile
 import numpy as np
+import pytest
 import rasterio
+from fastapi.testclient import TestClient
 from PIL import Image
 from pyproj import Transformer
+from rasterio.warp import transform_bounds
 
+from dinotiles.server.app import create_app
 from tests.conftest import open_cluster
 
 TMS = morecantile.tms.get("WebMercatorQuad")
@@ -28,6 +34,7 @@ def ids_tile(client, url: str, z: int, x: int, y: int, scale: int = 1) -> np.nda
     return np.load(io.BytesIO(r.content))
 
 
+@pytest.mark.slow
 def test_png_is_rgba_with_transparent_nodata(client, sample: Path, bundle) -> None:  # type: ignore[no-untyped-def]
     lon, lat = centre(client, str(sample))
     t = TMS.tile(lon, lat, 19)
@@ -43,6 +50,7 @@ def test_png_is_rgba_with_transparent_nodata(client, sample: Path, bundle) -> No
     assert len(np.unique(ids[valid])) > 3
 
 
+@pytest.mark.slow
 def test_webp_and_tif_formats(client, sample: Path) -> None:  # type: ignore[no-untyped-def]
     lon, lat = centre(client, str(sample))
     t = TMS.tile(lon, lat, 19)
@@ -57,6 +65,7 @@ def test_webp_and_tif_formats(client, sample: Path) -> None:  # type: ignore[no-
     assert (data == ids_tile(client, str(sample), 19, t.x, t.y, scale=2)).all()
 
 
+@pytest.mark.slow
 def test_tiles_are_seamless(client, oam_image: Path, bundle) -> None:  # type: ignore[no-untyped-def]
     """Cluster changes across tile seams are no more frequent than across patch edges inside tiles."""
     url = str(oam_image)
@@ -100,6 +109,7 @@ def test_tiles_are_seamless(client, oam_image: Path, bundle) -> None:  # type: i
     assert same_patch_changes / sum(int((~p & v).sum()) for _, p, _, v in pairs) < 0.01
 
 
+@pytest.mark.slow
 def test_zoom_consistency(client, sample: Path) -> None:  # type: ignore[no-untyped-def]
     lon, lat = centre(client, str(sample))
     parent = TMS.tile(lon, lat, 18)
@@ -115,6 +125,7 @@ def test_zoom_consistency(client, sample: Path) -> None:  # type: ignore[no-unty
     assert (big[both] == kids[both]).mean() >= 0.98
 
 
+@pytest.mark.slow
 def test_same_ids_in_another_tms(client, sample: Path) -> None:  # type: ignore[no-untyped-def]
     """A point's cluster does not depend on the tiling scheme."""
     lon, lat = centre(client, str(sample))
@@ -130,6 +141,7 @@ def test_same_ids_in_another_tms(client, sample: Path) -> None:  # type: ignore[
     assert ids[row, col] == point["cluster"]
 
 
+@pytest.mark.slow
 def test_tilejson_and_minzoom_limit(client, sample: Path, app_settings) -> None:  # type: ignore[no-untyped-def]
     tj = client.get("/cog/WebMercatorQuad/tilejson.json", params={"url": str(sample)}).json()
     assert 17 <= tj["maxzoom"] <= 20 and tj["minzoom"] < tj["maxzoom"]
@@ -149,23 +161,21 @@ def test_tilejson_and_minzoom_limit(client, sample: Path, app_settings) -> None:
     )
 
 
+@pytest.mark.slow
 def test_minzoom_budget_is_honest(bundle, sample: Path, app_settings) -> None:  # type: ignore[no-untyped-def]
     """At minzoom every tile over the image needs at most the budget's windows."""
-    from dinotiles.server.app import create_app
-
     engine = create_app(app_settings, bundle).state.engine
     with open_cluster(engine, app_settings, str(sample)) as src:
         z = src.minzoom
         west, south, east, north = src.geographic_bounds()
         grid = src.view.grid
-        from rasterio.warp import transform_bounds
-
         for t in TMS.tiles(west, south, east, north, [z]):
             span = grid.patch_range(transform_bounds("EPSG:3857", grid.crs, *TMS.xy_bounds(t), densify_pts=21))
             if span:
                 assert grid.count_windows(*span) <= app_settings.max_windows
 
 
+@pytest.mark.slow
 def test_wmts_capabilities(client, sample: Path) -> None:  # type: ignore[no-untyped-def]
     from xml.etree import ElementTree
 
@@ -178,6 +188,7 @@ def test_wmts_capabilities(client, sample: Path) -> None:  # type: ignore[no-unt
     assert len(root.findall(".//w:TileMatrix", ns)) >= 2
 
 
+@pytest.mark.slow
 def test_info_point_statistics(client, sample: Path, bundle) -> None:  # type: ignore[no-untyped-def]
     info = client.get("/cog/info", params={"url": str(sample)}).json()
     assert info["analysis"]["gsd_m"] == 0.25 and info["analysis"]["patches"] == [72, 72]
@@ -196,6 +207,7 @@ def test_info_point_statistics(client, sample: Path, bundle) -> None:  # type: i
     assert big.status_code == 400 and "DINOTILES_MAX_STATS_AREA_M2" in big.json()["detail"]
 
 
+@pytest.mark.slow
 def test_nodata_is_transparent_and_null(client, rasters: dict[str, Path]) -> None:  # type: ignore[no-untyped-def]
     url = str(rasters["half_nodata"])
     tj = client.get("/cog/WebMercatorQuad/tilejson.json", params={"url": url}).json()
@@ -207,6 +219,7 @@ def test_nodata_is_transparent_and_null(client, rasters: dict[str, Path]) -> Non
     assert isinstance(right["cluster"], int)
 
 
+@pytest.mark.slow
 def test_cache_reuses_inference(client, sample: Path) -> None:  # type: ignore[no-untyped-def]
     engine = client.app.state.engine
     lon, lat = centre(client, str(sample))
@@ -233,6 +246,7 @@ def test_byte_lru_evicts_by_bytes() -> None:
     assert cache.get(2) is not None and cache.get(3) is None
 
 
+@pytest.mark.slow
 def test_remote_cog_over_http_range(client, sample: Path, http_server: str) -> None:  # type: ignore[no-untyped-def]
     from tests.conftest import RangeHandler
 
@@ -256,6 +270,7 @@ def window_seam_ratio(ids: np.ndarray, core: int) -> tuple[float, float]:
     return float(seam), float(inner)
 
 
+@pytest.mark.slow
 def test_window_seams_do_not_show(client, oam_image: Path) -> None:  # type: ignore[no-untyped-def]
     """Where two inference windows meet, clusters change not much more often than between any neighbours.
 
@@ -269,3 +284,59 @@ def test_window_seams_do_not_show(client, oam_image: Path) -> None:  # type: ign
     seam, inner = window_seam_ratio(ids, grid.core)
     assert inner > 0.1
     assert seam / inner <= 2.0, (seam, inner)
+
+
+@pytest.mark.slow
+def test_concurrent_cold_requests_encode_each_window_once(app_settings, bundle, sample: Path) -> None:  # type: ignore[no-untyped-def]
+    """16 identical requests for one uncached tile at once: each window encoded once, 16 identical bodies."""
+    url, n = str(sample), 16
+    settings = app_settings.replace(cache_bytes=64 * 1024 * 1024)  # holds every window of the tile
+    with TestClient(create_app(settings, bundle), raise_server_exceptions=False) as alone:
+        # the z19 tile over the most inference windows (it straddles window seams), found without encoding
+        with open_cluster(alone.app.state.engine, settings, url) as src:
+            grid = src.view.grid
+
+            def windows(tile: morecantile.Tile) -> int:
+                bounds = transform_bounds("EPSG:3857", grid.crs, *TMS.xy_bounds(tile), densify_pts=21)
+                span = grid.patch_range(bounds)
+                return grid.count_windows(*span) if span else 0
+
+            t = max(TMS.tiles(*src.geographic_bounds(), [19]), key=windows)
+        path = f"/cog/tiles/WebMercatorQuad/19/{t.x}/{t.y}.png"
+        # the windows it needs, counted honestly: the same request once, alone, on this other fresh app
+        assert alone.app.state.engine.windows_encoded == 0
+        assert alone.get(path, params={"url": url}).status_code == 200
+        needed = alone.app.state.engine.windows_encoded
+    assert needed > 1, needed  # several windows, so that the requests can also race for them one by one
+
+    with TestClient(create_app(settings, bundle), raise_server_exceptions=False) as client:
+        engine = client.app.state.engine
+        assert engine.windows_encoded == 0  # cold: nothing encoded, nothing cached
+        # count requests inside the engine at once, to show the 16 really overlapped there
+        inside, most, lock = [0], [0], threading.Lock()
+        window_ids = engine.window_ids
+
+        def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+            with lock:
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+            try:
+                return window_ids(*args, **kwargs)
+            finally:
+                with lock:
+                    inside[0] -= 1
+
+        engine.window_ids = counted
+        start = threading.Barrier(n)
+
+        def get(_: int):  # type: ignore[no-untyped-def]
+            start.wait(timeout=30)
+            return client.get(path, params={"url": url})
+
+        with ThreadPoolExecutor(n) as pool:
+            answers = list(pool.map(get, range(n)))
+        assert [r.status_code for r in answers] == [200] * n, [r.text for r in answers if r.status_code != 200]
+        assert all(r.headers["content-type"] == "image/png" for r in answers)
+        assert len({r.content for r in answers}) == 1
+        assert most[0] > 1, "the requests never overlapped inside the engine"
+        assert engine.windows_encoded == needed  # each window once, not once per request

@@ -14,6 +14,9 @@ import pytest
 
 from tests.conftest import wait_for
 
+# starts a real server and a browser
+pytestmark = pytest.mark.slow
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = [
     "--no-sandbox",

@@ -121,8 +121,9 @@ class ClusterEngine:
         if todo:
             with self.gate.admit(len(todo)):
                 ids = self.encoder.cluster_ids(np.stack([pixels[k].image for k in todo]))
-            self.windows_encoded += len(todo)
-            self.batch_sizes[len(todo)] = self.batch_sizes.get(len(todo), 0) + 1
+            with self._lock:  # several requests encode at once: counts must not be lost
+                self.windows_encoded += len(todo)
+                self.batch_sizes[len(todo)] = self.batch_sizes.get(len(todo), 0) + 1
             for n, k in enumerate(todo):
                 results[k] = np.where(pixels[k].valid, ids[n], NODATA)[core, core].astype(np.uint16)
         blank = np.full((view.grid.core, view.grid.core), NODATA, np.uint16)
