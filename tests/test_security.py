@@ -36,6 +36,7 @@ from dinotiles.core.sources import (
 from dinotiles.server.app import create_app
 from dinotiles.server.settings import Settings
 from tests.conftest import crop
+from tests.test_limits import URLISH
 
 pytestmark = pytest.mark.slow  # real servers, real weights: the unit tier is tests/test_limits.py
 
@@ -603,16 +604,6 @@ def test_remote_cache_key_follows_the_validators(app_settings: Settings, tmp_pat
 
 
 # -- fuzz -----------------------------------------------------------------------------------------
-URLISH = st.one_of(
-    st.text(max_size=80),
-    st.builds(
-        lambda scheme, host, port, path: f"{scheme}://{host}{port}/{path}",
-        st.sampled_from(["http", "HTTP", "https", "s3", "file", "ftp", "gopher", "", "hTtP"]),
-        st.text(alphabet="abc.:[]@%0123456789-", max_size=20),
-        st.sampled_from(["", ":", ":80", ":99999", ":abc", ":-1"]),
-        st.text(max_size=30),
-    ),
-)
 
 
 @hsettings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
@@ -753,6 +744,18 @@ def test_remote_items_may_not_name_local_files(app_settings: Settings, bundle, s
         server.shutdown()
 
 
+def ranged_server(handler: type, directory: Path) -> tuple[ThreadingHTTPServer, str]:
+    """A Range-capable static server over ``directory`` with ``handler``'s behaviour."""
+
+    class Bound(handler):  # type: ignore[misc,valid-type]
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, directory=str(directory), **kwargs)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Bound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"127.0.0.1:{server.server_address[1]}"
+
+
 def test_a_changed_remote_cog_is_read_anew(
     app_settings: Settings, bundle, sample: Path, rasters: dict, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def,type-arg]
@@ -760,13 +763,7 @@ def test_a_changed_remote_cog_is_read_anew(
 
     (tmp_path / "cur.tif").write_bytes(sample.read_bytes())
 
-    class Ranged(RangeHandler):
-        def __init__(self, *args: object, **kwargs: object) -> None:
-            super().__init__(*args, directory=str(tmp_path), **kwargs)  # type: ignore[arg-type]
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Ranged)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    host = f"127.0.0.1:{server.server_address[1]}"
+    server, host = ranged_server(RangeHandler, tmp_path)
     settings = app_settings.replace(allowed_hosts=(host,), revalidate_seconds=0.01)
     url = f"http://{host}/cur.tif"
     try:
@@ -794,16 +791,11 @@ def test_weak_sources_get_their_identity_from_the_file(
     from tests.conftest import RangeHandler
 
     class NoValidators(RangeHandler):
-        def __init__(self, *args: object, **kwargs: object) -> None:
-            super().__init__(*args, directory=str(tmp_path), **kwargs)  # type: ignore[arg-type]
-
         def send_header(self, keyword: str, value: str) -> None:
             if keyword.lower() not in ("last-modified", "etag"):
                 super().send_header(keyword, value)
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), NoValidators)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    host = f"127.0.0.1:{server.server_address[1]}"
+    server, host = ranged_server(NoValidators, tmp_path)
     settings = app_settings.replace(allowed_hosts=(host,), revalidate_seconds=0.01)
     url = f"http://{host}/w.tif"
     try:
