@@ -6,7 +6,9 @@ Starts the server as its own process (uvicorn, the real settings), then:
    completed (200), refused (503 + Retry-After), other answers, p50/p95 latency;
    /healthz latency sampled during the burst;
 3. RSS right after the burst, after a second burst of other cold tiles (a plateau, not growth,
-   shows memory is bounded), and again after ``--settle`` seconds.
+   shows memory is bounded), and again after ``--settle`` seconds;
+4. ``--cached N`` cached tile requests at the same concurrency (the tiles of step 2, now in the
+   cache): throughput, p50/p95/p99, errors, and RSS growth over them.
 
     python -m benchmarks.load [--concurrency 32] [--settle 60] [--max-queue 64]
 """
@@ -80,6 +82,31 @@ def distinct_tiles(base: str, url: str, n: int, z: int = 19, shift: int = 0) -> 
     return tiles[:n]
 
 
+async def cached_run(
+    base: str, url: str, tiles: list[tuple[int, int]], n: int, concurrency: int
+) -> tuple[float, list[float], int]:
+    """n requests for already-computed tiles, `concurrency` at a time: (seconds, latencies, errors)."""
+    latencies: list[float] = []
+    errors = 0
+    limits = httpx.Limits(max_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
+        queue = list(range(n))
+
+        async def worker() -> None:
+            nonlocal errors
+            while queue:
+                k = queue.pop()
+                x, y = tiles[k % len(tiles)]
+                start = time.perf_counter()
+                r = await client.get(f"/cog/tiles/WebMercatorQuad/19/{x}/{y}.png", params={"url": url})
+                latencies.append(time.perf_counter() - start)
+                errors += r.status_code != 200
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return time.perf_counter() - started, latencies, errors
+
+
 async def burst(
     base: str, url: str, tiles: list[tuple[int, int]], z: int
 ) -> tuple[list[tuple[int, float]], list[float]]:
@@ -112,6 +139,7 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=60.0)
     parser.add_argument("--max-queue", type=int, default=64)
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--cached", type=int, default=10_000, help="cached tile requests after the bursts (0: none)")
     args = parser.parse_args()
 
     demo_bundle()  # built before the server starts, so start-up is only loading
@@ -134,6 +162,8 @@ def main() -> None:
         after_second = rss_mb(server.pid)
         time.sleep(args.settle)
         settled = rss_mb(server.pid)
+        cached = asyncio.run(cached_run(base, url, tiles[:-1], args.cached, args.concurrency)) if args.cached else None
+        after_cached = rss_mb(server.pid)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
@@ -158,6 +188,15 @@ def main() -> None:
         f"RSS: before {before:.0f} MB, after the burst {after:.0f} MB, after a second burst {after_second:.0f} MB, "
         f"{args.settle:.0f} s later {settled:.0f} MB"
     )
+    if cached is not None:
+        seconds, lat, errors = cached
+        ms = [v * 1000 for v in lat]
+        print(
+            f"{len(lat)} cached tiles at concurrency {args.concurrency}: {len(lat) / seconds:.0f} tiles/s, "
+            f"p50 {np.percentile(ms, 50):.0f} ms, p95 {np.percentile(ms, 95):.0f} ms, "
+            f"p99 {np.percentile(ms, 99):.0f} ms, "
+            f"errors {errors}; RSS {settled:.0f} → {after_cached:.0f} MB ({(after_cached / settled - 1) * 100:+.1f} %)"
+        )
 
 
 if __name__ == "__main__":

@@ -473,3 +473,18 @@ def test_bucket_refusal_is_502_naming_the_status(client: TestClient) -> None:
                 assert r.status_code == 502 and "403" in r.json()["detail"], (route, r.text)
     finally:
         server.shutdown()
+
+
+def test_zoom_overrides_are_bounded_on_inherited_routes(client: TestClient, sample: Path) -> None:
+    """Found by schemathesis: TiTiler's tileset route looped over any `maxzoom` (a billion matrices)."""
+    import time
+
+    url = str(sample)
+    started = time.monotonic()
+    for route in ("/cog/tiles/WebMercatorQuad", "/rgb/tiles/WebMercatorQuad", "/rgb/WebMercatorQuad/tilejson.json"):
+        for query in ({"maxzoom": "1000000000"}, {"minzoom": "-1"}, {"minzoom": "9", "maxzoom": "3"}):
+            r = client.get(route, params={"url": url, **query})
+            assert r.status_code == 422 and "zoom" in r.json()["detail"], (route, query, r.text)
+    assert time.monotonic() - started < 10
+    odd = client.get("/cog/tiles/CDB1GlobalGrid", params={"url": url, "minzoom": 0, "maxzoom": 30})
+    assert odd.status_code == 400 and odd.json()["detail"]  # a zoom that TMS does not define: not a 500

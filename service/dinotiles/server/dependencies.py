@@ -51,6 +51,28 @@ def reject_unknown_query(request: Request) -> None:
         )
 
 
+MAX_ZOOM = 30  # deeper than any TileMatrixSet this server lists
+
+
+def bounded_zooms(request: Request) -> None:
+    """``minzoom``/``maxzoom`` overrides (TiTiler's tileset routes loop over them) must be real zooms.
+
+    Unchecked, ``maxzoom=1000000000`` makes an inherited route build a billion tile matrices.
+    """
+    values = {}
+    for name in ("minzoom", "maxzoom"):
+        raw = request.query_params.get(name)
+        if raw is None:
+            continue
+        if not raw.lstrip("-").isdigit() or not 0 <= int(raw) <= MAX_ZOOM:
+            raise RequestValidationError(
+                [{"loc": ("query", name), "msg": f"{name} must be an integer 0..{MAX_ZOOM}", "type": "zoom"}]
+            )
+        values[name] = int(raw)
+    if values.get("minzoom", 0) > values.get("maxzoom", MAX_ZOOM):
+        raise RequestValidationError([{"loc": ("query", "minzoom"), "msg": "minzoom > maxzoom", "type": "zoom"}])
+
+
 def bbox_query(
     bbox: Annotated[str, Query(description="minx,miny,maxx,maxy in EPSG:4326 (minx > maxx crosses ±180°)")],
 ) -> tuple[float, float, float, float]:

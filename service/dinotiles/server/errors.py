@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from morecantile.errors import MorecantileError
 from rasterio.errors import RasterioError
 from rio_tiler.errors import RioTilerError, TileOutsideBounds
 from starlette.requests import Request
@@ -25,6 +26,7 @@ logger = logging.getLogger("dinotiles")
 LIBRARY_STATUS: dict[type[Exception], int] = {
     **DEFAULT_STATUS_CODES,
     TileOutsideBounds: 404,
+    MorecantileError: 400,  # e.g. a zoom a variable-width TileMatrixSet does not define
     RasterioError: 400,
     RioTilerError: 400,
 }

@@ -25,7 +25,7 @@ from dinotiles.core import timing
 from dinotiles.core.engine import ClusterEngine
 from dinotiles.core.reader import WGS84, ClusterReader, cluster_reader
 from dinotiles.core.sources import Source, resolve_source
-from dinotiles.server.dependencies import bbox_query, etag_for, not_modified, reject_unknown_query
+from dinotiles.server.dependencies import bbox_query, bounded_zooms, etag_for, not_modified, reject_unknown_query
 from dinotiles.server.formats import MEDIA, ClusterFormat, encode_tile
 from dinotiles.server.ogc import map_page, wmts_capabilities
 from dinotiles.server.settings import Settings
@@ -101,7 +101,7 @@ def check_tile_index(tms: Any, x: int, y: int, z: int) -> None:
 
 
 def strict_router() -> APIRouter:
-    return APIRouter(dependencies=[Depends(reject_unknown_query)])
+    return APIRouter(dependencies=[Depends(reject_unknown_query), Depends(bounded_zooms)])
 
 
 @define(kw_only=True)
