@@ -300,22 +300,42 @@ def classify_error(path: str, exc: Exception, started: float | None = None, time
     """
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     remote = path.startswith(("http://", "https://", "s3://", "/vsicurl/", "/vsis3/"))
+    if remote:
+        found = _classify_remote(path, text, started, timeout)
+        if found is not None:
+            _FAILED[path] = (time.monotonic(), found)
+            forget_remote(path)  # GDAL must try again next time, not replay a cached failure
+            return found
+        recent = _FAILED.get(path)
+        if recent and time.monotonic() - recent[0] < 2 * (timeout or 10):
+            # GDAL answered from its cache of a failure it saw moments ago: the same failure, not a bad file
+            return type(recent[1])(str(recent[1]))
+    name = path.rsplit("/", 1)[-1]
+    return SourceUnreadable(f"cannot read {name} as a GeoTIFF: {_without_local_paths(text, path)}")
+
+
+_FAILED: dict[str, tuple[float, Exception]] = {}  # recent upstream failures by URL (bounded below)
+
+
+def _classify_remote(path: str, text: str, started: float | None, timeout: float | None) -> Exception | None:
+    """The upstream failure a remote read's error means, or None if the file itself is at fault."""
+    if len(_FAILED) > 1024:
+        _FAILED.clear()
     lower = re.sub(r"'[^']*'", "", text).lower()  # GDAL quotes the file name: match the message, not the URL
     name = path.rsplit("/", 1)[-1]
-    if remote:
-        refused = refused_since(started) if started is not None else []
-        if refused:
-            return SourceForbidden(f"reading {name} led to {', '.join(refused)}, which is not allowed (a redirect?)")
-        elapsed = time.monotonic() - started if started is not None else 0.0
-        if "timed out" in lower or "timeout" in lower or (timeout and elapsed >= 0.9 * timeout):
-            return UpstreamTimeout(f"reading {path} timed out after {elapsed:.1f} s (GDAL_HTTP_TIMEOUT)")
-        code = re.search(r"HTTP response code: (\d+)", text)
-        if code and code[1] in ("404", "410"):
-            return SourceNotFound(f"no file at {path} (HTTP {code[1]})")
-        network = ("resolve", "connect", "refused", "curl error", "ssl", "reset by peer", "empty reply")
-        if code or any(s in lower for s in network):
-            return UpstreamError(f"reading {path} failed upstream: {_without_local_paths(text, path)}")
-    return SourceUnreadable(f"cannot read {name} as a GeoTIFF: {_without_local_paths(text, path)}")
+    refused = refused_since(started) if started is not None else []
+    if refused:
+        return SourceForbidden(f"reading {name} led to {', '.join(refused)}, which is not allowed (a redirect?)")
+    elapsed = time.monotonic() - started if started is not None else 0.0
+    if "timed out" in lower or "timeout" in lower or (timeout and elapsed >= 0.9 * timeout):
+        return UpstreamTimeout(f"reading {path} timed out after {elapsed:.1f} s (GDAL_HTTP_TIMEOUT)")
+    code = re.search(r"HTTP response code: (\d+)", text)
+    if code and code[1] in ("404", "410"):
+        return SourceNotFound(f"no file at {path} (HTTP {code[1]})")
+    network = ("resolve", "connect", "refused", "curl error", "ssl", "reset by peer", "empty reply")
+    if code or any(s in lower for s in network):
+        return UpstreamError(f"reading {path} failed upstream: {_without_local_paths(text, path)}")
+    return None
 
 
 def _without_local_paths(text: str, path: str) -> str:
@@ -374,10 +394,15 @@ class GuardedReader(Reader):
     policy: ClassVar[SourcePolicy] = SourcePolicy()
 
     def __attrs_post_init__(self) -> None:
-        if self.dataset is None:
-            self._ctx_stack.enter_context(rasterio.Env(**gdal_env(self.policy)))
-            self.dataset = self._ctx_stack.enter_context(open_dataset(str(self.input), self.policy.http_timeout))
-        super().__attrs_post_init__()
+        started = time.monotonic()
+        try:
+            if self.dataset is None:
+                self._ctx_stack.enter_context(rasterio.Env(**gdal_env(self.policy)))
+                self.dataset = self._ctx_stack.enter_context(open_dataset(str(self.input), self.policy.http_timeout))
+            super().__attrs_post_init__()  # rio-tiler reads overviews and the colormap here: remote reads too
+        except RasterioError as exc:
+            self._ctx_stack.close()
+            raise classify_error(str(self.input), exc, started, self.policy.http_timeout) from exc
 
     @property
     def _ds(self) -> Any:
