@@ -20,7 +20,8 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
-# -- build: the wheel of this project, and the demo bundle (weights → ONNX, shipped codebook, sample image)
+# -- build: the wheel of this project, and the demo bundle (weights → ONNX, shipped codebook, sample image);
+#    the bundle's torch/ weights (DINOTILES_ENCODER=torch) stay here: the runtime images have no torch
 FROM base AS build
 WORKDIR /src
 COPY build/wheelhouse /wheelhouse
@@ -37,7 +38,7 @@ RUN --mount=type=secret,id=cabundle \
  && /opt/build/bin/pip install -q --find-links /wheelhouse ".[cpu,export]" \
  && /opt/build/bin/pip wheel -q --no-deps -w /dist . \
  && DINOTILES_DEMO_DIR=/opt/demo /opt/build/bin/dinotiles demo \
- && rm -rf /opt/demo/wheels /opt/demo/weights
+ && rm -rf /opt/demo/wheels /opt/demo/weights /opt/demo/bundle/torch
 
 # -- runtime: one ONNX Runtime per image, no torch, no compilers
 FROM base AS runtime

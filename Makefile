@@ -8,7 +8,7 @@ ROOTS := $(CURDIR)/.dinotiles/data$(if $(OAM),:$(abspath $(OAM)))
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test demo lint bench clean vendor image image-gpu image-test wheelhouse
+.PHONY: serve test demo lint bench bench-load gpu-kit clean vendor image image-gpu image-test wheelhouse
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,8 +54,16 @@ bench: $(BIN)/.installed demo
 	$(BIN)/python -m benchmarks.render_vs_seed
 	$(BIN)/python -m benchmarks.tiles
 
+# a real server under load: batching on vs off, 10,000 cached tiles, RSS (about 10 minutes on 2 cores)
+bench-load: $(BIN)/.installed demo
+	$(BIN)/python -m benchmarks.load
+
+# what benchmarks/gpu.sh needs on a bare GPU machine (two loads under 64 MiB each; see its header)
+gpu-kit: $(BIN)/.installed demo
+	$(BIN)/python -m benchmarks.gpu_kit
+
 clean:
-	rm -rf $(VENV) node_modules .dinotiles
+	rm -rf $(VENV) node_modules .dinotiles .gpukit
 
 # -- container images (podman through ../shared/tools/oci.sh; any OCI builder reads the same Dockerfile)
 OCI := ../shared/tools/oci.sh

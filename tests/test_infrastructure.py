@@ -60,6 +60,26 @@ def test_gpu_overlay_asks_for_a_gpu_on_the_gpu_pool() -> None:
     assert "nvidia.com/gpu" not in str(cpu)
 
 
+def test_autoscaling_follows_the_queue_on_gpus_and_the_cpu_elsewhere() -> None:
+    import inspect
+
+    from dinotiles.server.metrics import EngineCollector  # the metric the GPU HPA reads is one the app serves
+    from dinotiles.server.settings import Settings
+
+    cpu = by_kind(render(K8S / "overlays" / "cpu"))
+    gpu = by_kind(render(K8S / "overlays" / "gpu"))
+    assert cpu[("HorizontalPodAutoscaler", "dinotiles")]["spec"]["metrics"][0]["resource"]["name"] == "cpu"
+    (metric,) = gpu[("HorizontalPodAutoscaler", "dinotiles")]["spec"]["metrics"]
+    name = metric["pods"]["metric"]["name"]
+    assert name == "dinotiles_queue_windows" and f'"{name}"' in inspect.getsource(EngineCollector)
+    # every DINOTILES_* value the manifests set is one the server accepts (a typo would stop every pod)
+    container = gpu[("Deployment", "dinotiles")]["spec"]["template"]["spec"]["containers"][0]
+    env = {**gpu[("ConfigMap", "dinotiles")]["data"], **{e["name"]: e["value"] for e in container["env"]}}
+    fields = {k.removeprefix("DINOTILES_").lower(): v for k, v in env.items() if k.startswith("DINOTILES_")}
+    assert set(fields) <= set(Settings.model_fields), set(fields) - set(Settings.model_fields)
+    assert Settings().replace(**fields).batch_size == 32
+
+
 def test_dockerfile_passes_hadolint() -> None:
     hadolint = shutil.which("hadolint") or str(Path(sys.executable).with_name("hadolint"))
     if not Path(hadolint).exists():

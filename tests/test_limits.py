@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from pathlib import Path
@@ -77,40 +76,3 @@ def test_background_jobs_are_bounded_and_never_evicted_while_running() -> None:
             break
         time.sleep(0.05)
     assert first.result == {"ok": 1} and second.result == {"ok": 2}
-
-
-def test_inference_gate_refuses_past_the_queue_only_inside_requests() -> None:
-    from dinotiles.core.limits import InferenceGate, Overloaded, deadline
-
-    gate = InferenceGate(max_queue=2)
-    holding, release = threading.Event(), threading.Event()
-    outcomes: list[str] = []
-
-    def admit(windows: int, in_request: bool, hold: bool = False) -> None:
-        try:
-            with deadline(10) if in_request else contextlib.nullcontext(), gate.admit(windows):
-                if hold:
-                    holding.set()
-                    release.wait(10)
-            outcomes.append(f"ran {windows}")
-        except Overloaded:
-            outcomes.append(f"503 {windows}")
-
-    threads = [threading.Thread(target=admit, args=(1, True, True))]
-    threads[0].start()
-    assert holding.wait(5)
-    threads.append(threading.Thread(target=admit, args=(2, True)))  # waits for the slot: 2 windows queued
-    threads[1].start()
-    for _ in range(200):
-        if gate.waiting == 2:
-            break
-        time.sleep(0.01)
-    admit(1, True)  # a third request: the queue is full
-    threads.append(threading.Thread(target=admit, args=(5, False)))  # background work waits instead
-    threads[2].start()
-    time.sleep(0.1)
-    release.set()
-    for t in threads:
-        t.join(10)
-    assert outcomes[0] == "503 1" and sorted(outcomes[1:]) == ["ran 1", "ran 2", "ran 5"], outcomes
-    assert gate.waiting == 0 and gate.rejected == 1

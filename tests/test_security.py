@@ -486,7 +486,7 @@ def test_inference_queue_is_bounded_with_503(app_settings: Settings, bundle, oam
             if r.status_code == 503:
                 assert int(r.headers["Retry-After"]) >= 1
                 assert "DINOTILES_MAX_QUEUE" in r.json()["detail"]
-        assert c.app.state.engine.gate.waiting == 0  # type: ignore[attr-defined]
+        assert c.app.state.engine.queue.reserved == 0  # type: ignore[attr-defined]
         healthy(c)
 
 

@@ -177,9 +177,6 @@ def cmd_codebook(args: argparse.Namespace) -> None:
 
 def cmd_render(args: argparse.Namespace) -> None:
     from dinotiles.core.bundle import load_bundle
-    from dinotiles.core.cache import ByteLRU
-    from dinotiles.core.encoder import Encoder
-    from dinotiles.core.engine import ClusterEngine
     from dinotiles.core.limits import RequestLimits
     from dinotiles.core.reader import cluster_reader
     from dinotiles.core.render import render_scene
@@ -190,7 +187,7 @@ def cmd_render(args: argparse.Namespace) -> None:
         raise CliError(f"no such image: {args.src}")
     settings = Settings.from_env()
     bundle = load_bundle(_bundle_path(args.bundle))
-    engine = ClusterEngine(bundle, Encoder.for_bundle(bundle, settings.providers), ByteLRU(settings.cache_bytes))
+    engine = settings.open_engine(bundle)
     # the operator names a local file: no URL guard, but the same GeoTIFF-only reader and limits
     reader = cluster_reader(engine, settings.source_policy(), RequestLimits())
     with reader(Source.local(str(args.src.resolve()))) as src:
@@ -283,9 +280,6 @@ def cluster_folder(args: argparse.Namespace) -> dict[str, object]:
 def cluster_search(args: argparse.Namespace) -> dict[str, object]:
     """Items of a STAC search, each summarised from windows at 0.25 m by the tile bundle's encoder."""
     from dinotiles.core.bundle import load_bundle
-    from dinotiles.core.cache import ByteLRU
-    from dinotiles.core.encoder import Encoder
-    from dinotiles.core.engine import ClusterEngine
     from dinotiles.core.reader import cluster_reader
     from dinotiles.core.sources import Source, resolve_source
     from dinotiles.server.settings import Settings
@@ -301,7 +295,7 @@ def cluster_search(args: argparse.Namespace) -> dict[str, object]:
         if not items:
             raise CliError("the search matched no items")
         bundle = load_bundle(args.bundle or settings.bundle)
-        engine = ClusterEngine(bundle, Encoder.for_bundle(bundle, settings.providers), ByteLRU(settings.cache_bytes))
+        engine = settings.open_engine(bundle)
         policy = settings.source_policy()
         reader = cluster_reader(engine, policy, settings.request_limits())
 

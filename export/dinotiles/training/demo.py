@@ -67,6 +67,8 @@ def demo_bundle(root: Path, window: int = 448) -> Path:
     from dinotiles.training.weights import load_weights
 
     bundle = root / "bundle"
+    if (bundle / "bundle.json").exists() and not (bundle / "torch" / "model.safetensors").exists():
+        shutil.rmtree(bundle)  # made before bundles carried the torch backend's weights: export again
     if not (bundle / "bundle.json").exists():
         weights = replace(
             load_weights(str(demo_weights(root))),

@@ -101,6 +101,49 @@ def export_onnx(weights: LoadedWeights, out: Path, window: int, block: int | Non
     return out
 
 
+def export_torch(weights: LoadedWeights, out: Path, window: int, block: int | None = None) -> Path:
+    """The network the ONNX graph holds, as a Hugging Face directory the torch backend loads.
+
+    Blocks after the feature layer are dropped and the position embedding is stored already
+    interpolated to the window (``image_size`` = window), so transformers never resamples it at
+    run time and the two backends add the very same embedding.
+    """
+    import copy
+
+    import torch
+
+    model = copy.deepcopy(weights.model)
+    layers = model.config.num_hidden_layers
+    if block is not None and block < layers:
+        model.encoder.layer = model.encoder.layer[:block]
+        layers = block
+    patch = model.config.patch_size
+    with torch.no_grad():
+        dummy = torch.zeros(1, 1 + (window // patch) ** 2, model.config.hidden_size)
+        pos = model.embeddings.interpolate_pos_encoding(dummy, window, window).detach().clone()
+    model.embeddings.position_embeddings = torch.nn.Parameter(pos)
+    # a fresh config: the backbone fields (stage names, out_features) must follow the new depth
+    fields = model.config.to_dict()
+    for stale in ("out_features", "out_indices", "stage_names"):
+        fields.pop(stale, None)
+    model.config = type(model.config).from_dict({**fields, "num_hidden_layers": layers, "image_size": window})
+    tmp = out.with_name(out.name + ".part")
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    for path in tmp.iterdir():
+        path.chmod(0o644)  # transformers writes the weights 0600: a server running as another user must read them
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    tmp.replace(out)
+    return out
+
+
+def torch_manifest(directory: Path) -> dict[str, Any]:
+    """bundle.json's ``torch`` entry: where the backend's weights are and their digest."""
+    return {"dir": directory.name, "sha256": _sha(directory / "model.safetensors")}
+
+
 def torch_features(
     weights: LoadedWeights, window: int, images: np.ndarray, block: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -123,6 +166,7 @@ def write_bundle(weights: LoadedWeights, out: Path, window: int = 448, block: in
     from dinotiles.core.bundle import BUNDLE_FORMAT
 
     model_path = export_onnx(weights, out / "model.onnx", window, block)
+    torch_dir = export_torch(weights, out / "torch", window, block)
     manifest = {
         "format": BUNDLE_FORMAT,
         "weights": {"source": weights.source, "sha256": weights.sha256},
@@ -142,6 +186,7 @@ def write_bundle(weights: LoadedWeights, out: Path, window: int = 448, block: in
             "dynamo": False,
         },
         "model_sha256": _sha(model_path),
+        "torch": torch_manifest(torch_dir),  # the torch backend's weights (DINOTILES_ENCODER=torch)
     }
     (out / "bundle.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest

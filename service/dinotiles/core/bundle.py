@@ -138,8 +138,8 @@ def load_manifest(root: Path) -> dict[str, Any]:
     manifest = read_json(root / "bundle.json")
     if manifest.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{root}/bundle.json has format {manifest.get('format')!r}, expected {BUNDLE_FORMAT}")
-    if not (root / "model.onnx").exists():
-        raise BundleError(f"{root}/model.onnx is missing")
+    if not (root / "model.onnx").exists() and not (root / "torch" / "config.json").exists():
+        raise BundleError(f"{root}/model.onnx is missing")  # a torch-only bundle (GPU nodes with torch) serves too
     return manifest
 
 

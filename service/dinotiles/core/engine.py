@@ -11,15 +11,15 @@ from rio_tiler.io import Reader
 
 from dinotiles.core.bundle import Bundle
 from dinotiles.core.cache import ByteLRU
-from dinotiles.core.encoder import NODATA, Encoder
+from dinotiles.core.encoder import NODATA
 from dinotiles.core.grid import BORDER, Grid, WindowPixels, read_window
-from dinotiles.core.limits import InferenceGate, RequestTooLarge, check_deadline
+from dinotiles.core.inference import InferenceQueue, WindowEncoder
+from dinotiles.core.limits import RequestTooLarge, check_deadline
 from dinotiles.core.shared_cache import SharedCache
 from dinotiles.core.sources import BandPlan
 from dinotiles.core.timing import span
 
 MIN_WINDOW_VALID = 0.02  # windows with fewer real patches than this are skipped (seed: flat windows)
-BATCH = 4
 
 
 @dataclass
@@ -33,31 +33,43 @@ class SourceView:
 
 
 class ClusterEngine:
-    """Maps (source, window) → uint16 cluster IDs of the window's core patches."""
+    """Maps (source, window) → uint16 cluster IDs of the window's core patches.
+
+    Lookups go L1 (this process) → L2 (Redis, shared by replicas) → the inference queue, and a
+    window several requests need at once is computed by one of them (single flight).
+    """
 
     def __init__(
         self,
         bundle: Bundle,
-        encoder: Encoder,
+        encoder: WindowEncoder,
         cache: ByteLRU,
-        gate: InferenceGate | None = None,
+        queue: InferenceQueue | None = None,
         shared: SharedCache | None = None,
     ) -> None:
         self.bundle = bundle
         self.encoder = encoder
         self.cache = cache
         self.shared = shared  # Redis behind the LRU, when configured
-        self.gate = gate or InferenceGate(max_queue=1 << 30)
+        self.queue = queue or InferenceQueue(encoder, max_queue=1 << 30)
         self._inflight: dict[tuple[str, str, int, int], threading.Event] = {}
         self._lock = threading.Lock()
-        self.windows_encoded = 0
-        self.batch_sizes: dict[int, int] = {}  # encoder runs by batch size, for /metrics
+        # IDs from a reduced-precision encoder may differ from fp32 ones: they never share cache entries
+        self.fingerprint = bundle.fingerprint + getattr(encoder, "cache_tag", "")
+
+    @property
+    def windows_encoded(self) -> int:
+        return self.queue.windows_encoded
+
+    @property
+    def batch_sizes(self) -> dict[int, int]:
+        return self.queue.batch_sizes
 
     def _key(self, view: SourceView, ij: tuple[int, int]) -> tuple[str, str, int, int]:
-        return (self.bundle.fingerprint, view.key, ij[0], ij[1])
+        return (self.fingerprint, view.key, ij[0], ij[1])
 
     def window_ids(self, view: SourceView, windows: Iterable[tuple[int, int]]) -> dict[tuple[int, int], np.ndarray]:
-        """IDs [core, core] for each window; misses are encoded in batches, each once."""
+        """IDs [core, core] for each window; misses go through the inference queue, each once."""
         out: dict[tuple[int, int], np.ndarray] = {}
         mine: list[tuple[int, int]] = []
         waits: list[tuple[tuple[int, int], threading.Event]] = []
@@ -75,16 +87,7 @@ class ClusterEngine:
                 else:
                     waits.append((ij, event))
         try:
-            todo = self._from_shared(view, mine, out)
-            for start in range(0, len(todo), BATCH):
-                chunk = todo[start : start + BATCH]
-                check_deadline()  # nobody waits for the rest: stop using the CPU
-                encoded = list(zip(chunk, self._encode(view, chunk), strict=True))
-                for ij, ids in encoded:
-                    self.cache.put(self._key(view, ij), ids)
-                    out[ij] = ids
-                if self.shared is not None:
-                    self.shared.put_many([(self._key(view, ij), ids) for ij, ids in encoded])
+            out.update(self._compute(view, self._from_shared(view, mine, out)))
         finally:
             with self._lock:
                 for ij in mine:
@@ -93,7 +96,7 @@ class ClusterEngine:
             while not event.wait(timeout=0.5):
                 check_deadline()
             hit = self.cache.get(self._key(view, ij))
-            out[ij] = hit if hit is not None else self._encode(view, [ij])[0]
+            out[ij] = hit if hit is not None else self._compute(view, [ij])[ij]  # its owner failed: try ourselves
         return out
 
     def _from_shared(
@@ -112,22 +115,40 @@ class ClusterEngine:
                 out[ij] = ids
         return todo
 
-    def _encode(self, view: SourceView, windows: list[tuple[int, int]]) -> list[np.ndarray]:
-        with span("read"):
-            pixels: list[WindowPixels] = [read_window(view.reader, view.plan, view.grid, i, j) for i, j in windows]
+    def _compute(self, view: SourceView, windows: list[tuple[int, int]]) -> dict[tuple[int, int], np.ndarray]:
+        """Read each window and queue it for the encoder at once: reading the next overlaps encoding.
+
+        The queue admits all of them before the first read (503 when full), so a request's work is
+        bounded before it starts; results go to L1 as they come and to L2 in one round trip.
+        """
+        if not windows:
+            return {}
         core = slice(BORDER, BORDER + view.grid.core)
-        results: list[np.ndarray | None] = [None] * len(windows)
-        todo = [k for k, p in enumerate(pixels) if p.valid[core, core].mean() >= MIN_WINDOW_VALID]
-        if todo:
-            with self.gate.admit(len(todo)):
-                ids = self.encoder.cluster_ids(np.stack([pixels[k].image for k in todo]))
-            with self._lock:  # several requests encode at once: counts must not be lost
-                self.windows_encoded += len(todo)
-                self.batch_sizes[len(todo)] = self.batch_sizes.get(len(todo), 0) + 1
-            for n, k in enumerate(todo):
-                results[k] = np.where(pixels[k].valid, ids[n], NODATA)[core, core].astype(np.uint16)
         blank = np.full((view.grid.core, view.grid.core), NODATA, np.uint16)
-        return [r if r is not None else blank for r in results]
+        out: dict[tuple[int, int], np.ndarray] = {}
+        with self.queue.reserve(len(windows)) as ticket:
+            queued = []
+            for ij in windows:
+                check_deadline()  # nobody waits for the rest: stop reading
+                with span("read"):
+                    pixels: WindowPixels = read_window(view.reader, view.plan, view.grid, *ij)
+                if pixels.valid[core, core].mean() >= MIN_WINDOW_VALID:
+                    queued.append((ij, pixels.valid, ticket.submit(pixels.image)))
+                else:
+                    out[ij] = blank
+                    ticket.done()
+            with span("encode"):  # what this request waited for the queue after its last read
+                for ij, valid, future in queued:
+                    ids = ticket.result(future)
+                    ticket.done()
+                    out[ij] = np.where(valid, ids, NODATA)[core, core].astype(np.uint16)
+                    self.cache.put(self._key(view, ij), out[ij])
+        for ij, ids in out.items():
+            if ids is blank:
+                self.cache.put(self._key(view, ij), ids)
+        if self.shared is not None:
+            self.shared.put_many([(self._key(view, ij), ids) for ij, ids in out.items()])
+        return out
 
     def mosaic(self, view: SourceView, r0: int, r1: int, c0: int, c1: int, limit: int | None = None) -> np.ndarray:
         """Cluster IDs for patches [r0:r1, c0:c1] of the source's grid (65535 = no data).

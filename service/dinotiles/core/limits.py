@@ -3,8 +3,8 @@
 Three mechanisms every route shares:
 - a **deadline** per request (a context variable the middleware sets; the engine checks it between
   reads and encodes, so a request whose client has given up stops using the CPU);
-- an **inference gate**: at most ``max_queue`` windows wait for the encoder, past that new work is
-  refused at once with 503 + Retry-After instead of queueing without bound;
+- **backpressure**: the inference queue (``dinotiles.core.inference``) admits at most ``max_queue``
+  windows; past that new work is refused at once with ``Overloaded`` (503 + Retry-After);
 - **area on the sphere**, computed from the bbox's latitude band and longitude span, so a whole-world
   or antimeridian-crossing bbox cannot slip under an area limit.
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextvars
 import math
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,8 +44,13 @@ _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("dinoti
 
 @contextmanager
 def deadline(seconds: float) -> Iterator[None]:
-    """Give the code inside (and the threads it hands work to, via contextvars) ``seconds`` to finish."""
-    token = _deadline.set(time.monotonic() + seconds)
+    """Give the code inside (and the threads it hands work to, via contextvars) ``seconds`` to finish.
+
+    Nested deadlines only shorten: a tile's own timeout never extends the request's.
+    """
+    end = time.monotonic() + seconds
+    outer = _deadline.get()
+    token = _deadline.set(end if outer is None else min(outer, end))
     try:
         yield
     finally:
@@ -63,51 +67,9 @@ def check_deadline(what: str = "the request") -> None:
     """Stop work that nobody will receive: raise once the deadline has passed."""
     left = remaining()
     if left is not None and left <= 0:
-        raise DeadlineExceeded(f"{what} did not finish within DINOTILES_REQUEST_TIMEOUT")
-
-
-class InferenceGate:
-    """One encoder at a time per process, at most ``max_queue`` windows waiting for it.
-
-    The encoder already uses every core for one batch, so running two batches at once only
-    doubles memory; waiting is cheap, but only up to a bound: past it a request gets 503 with
-    Retry-After at once, and a waiting request gives up at its deadline (504).
-    """
-
-    def __init__(self, max_queue: int, concurrency: int = 1) -> None:
-        self.max_queue = max_queue
-        self._slots = threading.Semaphore(concurrency)
-        self._lock = threading.Lock()
-        self.waiting = 0  # windows queued, for /metrics and tests
-        self.rejected = 0
-
-    @contextmanager
-    def admit(self, windows: int) -> Iterator[None]:
-        in_request = remaining() is not None  # background jobs and the CLI wait; only requests are refused
-        with self._lock:
-            if in_request and self.waiting and self.waiting + windows > self.max_queue:  # one alone always queues
-                self.rejected += 1
-                raise Overloaded(
-                    f"the inference queue is full ({self.waiting} windows waiting, DINOTILES_MAX_QUEUE="
-                    f"{self.max_queue}); retry shortly"
-                )
-            self.waiting += windows
-        try:
-            left = remaining()
-            acquired = self._slots.acquire(timeout=None if left is None else max(0.0, left))
-        finally:
-            with self._lock:
-                self.waiting -= windows
-        if not acquired:
-            raise DeadlineExceeded("the request waited for the encoder past DINOTILES_REQUEST_TIMEOUT")
-        try:
-            yield
-        finally:
-            self._slots.release()
-            with self._lock:
-                idle = self.waiting == 0
-            if idle:
-                release_free_memory()
+        raise DeadlineExceeded(
+            f"{what} did not finish within its deadline (DINOTILES_TILE_TIMEOUT / DINOTILES_REQUEST_TIMEOUT)"
+        )
 
 
 _TRIMMED = [0.0]

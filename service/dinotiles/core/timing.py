@@ -1,4 +1,7 @@
-"""Where a request's time goes (read, encode, assign, render), for the Server-Timing header.
+"""Where a request's time goes (read, encode, render), for the Server-Timing header.
+
+``encode`` is what the request waited for the shared inference queue (batching with others,
+the encoder and the centroid match), after its own reads.
 
 A context variable holds the current request's spans; the engine and encoder add to it when
 one is set (the tile route sets it), and cost nothing otherwise.

@@ -14,11 +14,6 @@ from starlette.staticfiles import StaticFiles
 from titiler.core.factory import TilerFactory, TMSFactory
 
 from dinotiles.core.bundle import Bundle, load_bundle
-from dinotiles.core.cache import ByteLRU
-from dinotiles.core.encoder import Encoder
-from dinotiles.core.engine import ClusterEngine
-from dinotiles.core.limits import InferenceGate
-from dinotiles.core.shared_cache import SharedCache
 from dinotiles.core.sources import (
     gdal_env,
     guarded_reader,
@@ -49,9 +44,8 @@ def create_app(settings: Settings | None = None, bundle: Bundle | None = None) -
     """Build the app; the bundle is loaded (and checked) once, here, not per request."""
     settings = settings or Settings.from_env()
     bundle = bundle or load_bundle(settings.bundle)
-    encoder = Encoder.for_bundle(bundle, settings.providers)
-    shared = SharedCache(settings.redis_url, settings.redis_ttl_seconds) if settings.redis_url else None
-    engine = ClusterEngine(bundle, encoder, ByteLRU(settings.cache_bytes), InferenceGate(settings.max_queue), shared)
+    engine = settings.open_engine(bundle)
+    encoder, queue, shared = engine.encoder, engine.queue, engine.shared
 
     app = FastAPI(
         title="dinotiles",
@@ -116,9 +110,10 @@ def create_app(settings: Settings | None = None, bundle: Bundle | None = None) -
             else {"up": shared.available, "hits": shared.hits, "misses": shared.misses, "errors": shared.errors},
             "windows_encoded": engine.windows_encoded,
             "queue": {
-                "waiting_windows": engine.gate.waiting,
-                "max": engine.gate.max_queue,
-                "rejected": engine.gate.rejected,
+                "queued_windows": queue.reserved,
+                "max": queue.max_queue,
+                "rejected": queue.rejected,
+                "batch_size": queue.max_batch,
             },
         }
 

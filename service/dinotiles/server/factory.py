@@ -23,6 +23,7 @@ from titiler.core.models.mapbox import TileJSON
 
 from dinotiles.core import timing
 from dinotiles.core.engine import ClusterEngine
+from dinotiles.core.limits import deadline
 from dinotiles.core.reader import WGS84, ClusterReader, cluster_reader
 from dinotiles.core.sources import Source, resolve_source
 from dinotiles.server.dependencies import bbox_query, bounded_zooms, etag_for, not_modified, reject_unknown_query
@@ -154,8 +155,9 @@ class ClusterTilerFactory(TilerFactory):
     def tile(self) -> None:  # type: ignore[override]
         tms_type = self._tms_literal()
         colors = self.engine.bundle.codebook.colors
-        fingerprint = self.engine.bundle.fingerprint
+        fingerprint = self.engine.fingerprint
         limit = self.settings.max_output_size
+        tile_timeout = self.settings.tile_timeout
 
         def endpoint(
             request: Request,
@@ -178,7 +180,7 @@ class ClusterTilerFactory(TilerFactory):
             # a remote object is rechecked every DINOTILES_REVALIDATE_SECONDS: caches must not keep it longer
             max_age = min(3600, int(self.settings.revalidate_seconds)) if remote else 3600
             headers = {"Cache-Control": f"public, max-age={max_age}"}
-            with timing.collect() as spans, self.open(src, tileMatrixSetId) as reader:
+            with deadline(tile_timeout), timing.collect() as spans, self.open(src, tileMatrixSetId) as reader:
                 # the identity the window cache uses (for sources without validators it needs the open file)
                 headers["ETag"] = etag_for(fingerprint, reader.view.key, tms.id, z, x, y, size, format.value)
                 if not_modified(request, headers["ETag"]):

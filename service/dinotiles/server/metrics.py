@@ -34,9 +34,17 @@ class EngineCollector:
         for size, count in sorted(e.batch_sizes.items()):
             batches.add_metric([str(size)], count)
         yield batches
-        yield GaugeMetricFamily("dinotiles_queue_windows", "windows waiting for the encoder", value=e.gate.waiting)
+        yield GaugeMetricFamily(
+            "dinotiles_queue_windows",
+            "windows admitted to the inference queue (being read or encoded)",
+            value=e.queue.reserved,
+        )
+        yield GaugeMetricFamily(
+            "dinotiles_queue_ready", "windows read and waiting for the encoder", value=e.queue.waiting
+        )
+        yield GaugeMetricFamily("dinotiles_queue_limit", "DINOTILES_MAX_QUEUE", value=e.queue.max_queue)
         yield CounterMetricFamily(
-            "dinotiles_queue_rejected", "requests refused with 503 (queue full)", value=e.gate.rejected
+            "dinotiles_queue_rejected", "requests refused with 503 (queue full)", value=e.queue.rejected
         )
         cache = CounterMetricFamily("dinotiles_cache_lookups", "window cache lookups", labels=["level", "result"])
         cache.add_metric(["l1", "hit"], e.cache.hits)

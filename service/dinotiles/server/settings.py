@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -18,6 +18,10 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from dinotiles.core.errors import DinotilesError
 from dinotiles.core.limits import RequestLimits
 from dinotiles.core.sources import SourcePolicy
+
+if TYPE_CHECKING:
+    from dinotiles.core.bundle import Bundle
+    from dinotiles.core.engine import ClusterEngine
 
 DEFAULT_ALLOWED_HOSTS = ("oin-hotosm.s3.amazonaws.com", "oin-hotosm-temp.s3.amazonaws.com")
 DEFAULT_ALLOWED_BUCKETS = ("oin-hotosm", "oin-hotosm-temp")
@@ -55,11 +59,18 @@ class Settings(BaseSettings):
     max_output_size: PositiveInt = 2048  # pixels per side of any image a route returns
     max_read_pixels: PositiveInt = 100_000_000  # source pixels one read may touch (at the overview GDAL uses)
     request_timeout: Positive = 60.0  # seconds a request may run before 504
+    tile_timeout: Positive = 30.0  # seconds a tile may take before 504 (never more than request_timeout)
     http_timeout: Positive = 10.0  # seconds a remote read may stall (GDAL_HTTP_TIMEOUT)
     http_connect_timeout: Positive = 5.0  # seconds to connect to a remote host
     revalidate_seconds: Annotated[float, Field(ge=0)] = 60.0  # a remote COG's ETag/Last-Modified recheck
     gdal_cache_mb: PositiveInt = 64  # GDAL's block cache (its default is 5 % of RAM, held for good)
-    max_queue: PositiveInt = 64  # windows waiting for the encoder; past it new work gets 503
+    max_queue: PositiveInt = 64  # windows admitted to the inference queue; past it new work gets 503
+    batch_size: PositiveInt = 8  # windows per encoder run, gathered across requests (1 = no batching)
+    batch_wait_ms: Annotated[float, Field(ge=0, le=1000)] = 2.0  # how long a partial batch waits for more
+    encoder: Literal["auto", "onnx", "torch"] = (
+        "auto"  # auto: ORT on its GPU provider, else torch on CUDA, else ORT CPU
+    )
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"  # fp16/bf16 on GPUs (IDs cached apart from fp32)
     max_url_length: PositiveInt = 8192  # request target (path + query) length; longer gets 414
     max_body_bytes: PositiveInt = 1_048_576  # request body; larger gets 413
     jobs: PositiveInt = 1  # scene-clustering jobs run at once
@@ -67,7 +78,7 @@ class Settings(BaseSettings):
     cors_origins: Names = ("*",)  # origins web maps may load tiles from ("*" = any, as TiTiler)
     redis_url: str | None = None  # redis://host:6379/0: the window cache shared by replicas (unset: in-process only)
     redis_ttl_seconds: PositiveInt = 7 * 24 * 3600  # how long a shared window lives (Redis evicts LRU when full)
-    providers: Names = ()
+    providers: Names = ()  # ONNX Runtime execution providers, in order (default: TensorRT, CUDA, CPU if present)
     stac_url: str = "https://api.imagery.hotosm.org/stac"
     stac_timeout: Positive = 20.0
     scenes_sync_max: PositiveInt = 8
@@ -123,3 +134,16 @@ class Settings(BaseSettings):
 
     def request_limits(self) -> RequestLimits:
         return RequestLimits(self.max_windows, self.max_request_windows, self.max_stats_area_m2)
+
+    def open_engine(self, bundle: Bundle) -> ClusterEngine:
+        """The encoder these settings choose, behind one inference queue and the L1/L2 window caches."""
+        from dinotiles.backends import open_encoder
+        from dinotiles.core.cache import ByteLRU
+        from dinotiles.core.engine import ClusterEngine
+        from dinotiles.core.inference import InferenceQueue
+        from dinotiles.core.shared_cache import SharedCache
+
+        encoder = open_encoder(bundle, self.encoder, self.precision, self.providers, self.batch_size)
+        shared = SharedCache(self.redis_url, self.redis_ttl_seconds) if self.redis_url else None
+        queue = InferenceQueue(encoder, self.max_queue, self.batch_size, self.batch_wait_ms)
+        return ClusterEngine(bundle, encoder, ByteLRU(self.cache_bytes), queue, shared)

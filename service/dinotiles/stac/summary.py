@@ -51,16 +51,21 @@ def item_feature(engine: ClusterEngine, view: SourceView, feature: str, n: int =
     from dinotiles.scenes.cluster import scene_vector
 
     vectors = []
-    for i, j in sample_windows(view, n):
-        win = read_window(view.reader, view.plan, view.grid, i, j)
-        if win.valid.mean() < 0.05:
-            continue
-        with engine.gate.admit(1):
-            patches, cls = engine.encoder.features(win.image[None])
-        core = slice(BORDER, BORDER + view.grid.core)
-        keep = win.valid[core, core]
-        mean_patch = patches[0][core, core][keep].mean(axis=0, keepdims=True)[:, None, None, :]
-        vectors.append(scene_vector(mean_patch, cls, feature)[0])
+    windows = sample_windows(view, n)
+    core = slice(BORDER, BORDER + view.grid.core)
+    with engine.queue.reserve(len(windows)) as ticket:  # batched with tiles; bounded like them
+        queued = []
+        for i, j in windows:
+            win = read_window(view.reader, view.plan, view.grid, i, j)
+            if win.valid.mean() < 0.05:
+                ticket.done()
+                continue
+            queued.append((win.valid, ticket.submit(win.image, kind="features")))
+        for valid, future in queued:
+            patches, cls = ticket.result(future)
+            ticket.done()
+            mean_patch = patches[core, core][valid[core, core]].mean(axis=0, keepdims=True)[:, None, None, :]
+            vectors.append(scene_vector(mean_patch, cls[None], feature)[0])
     if not vectors:
         raise StacBadRequest("the item's image holds no valid pixels")
     return np.mean(vectors, axis=0)
