@@ -62,7 +62,7 @@ def test_tilesize_parameter_and_scale_alias(client: TestClient, sample: Path) ->
         ("/cog/tiles/WebMercatorQuad/19/{x}/{y}.png", {"rescale": "0,255", "bidx": "1"}),
         ("/cog/WebMercatorQuad/tilejson.json", {"expression": "b1*2"}),
         ("/cog/info", {"bidx": "1"}),
-        ("/cog/point/{lon},{lat}", {"colormap": "none"}),
+        ("/cog/point/{lon},{lat}", {"colormap_name": "none"}),
         ("/cog/statistics", {"bbox": "{bbox}", "max_size": "1024"}),
     ],
 )

@@ -36,9 +36,10 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(bundle, sample: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:  # type: ignore[no-untyped-def]
+def server(bundle, sample: Path, rasters, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:  # type: ignore[no-untyped-def]
     port = free_port()
-    env = {**os.environ, "DINOTILES_BUNDLE": str(bundle.root), "DINOTILES_LOCAL_ROOTS": str(sample.parent)}
+    roots = f"{sample.parent}:{rasters['two_band'].parent}"
+    env = {**os.environ, "DINOTILES_BUNDLE": str(bundle.root), "DINOTILES_LOCAL_ROOTS": roots}
     proc = subprocess.Popen(
         [sys.executable, "-m", "dinotiles.cli", "serve", "--port", str(port)],
         cwd=tmp_path_factory.mktemp("elsewhere"),  # the viewer's files come from the package, not the checkout
@@ -87,3 +88,84 @@ def test_viewer_shows_clusters_over_imagery(server: str, tmp_path: Path) -> None
         if os.environ.get("DINOTILES_SCREENSHOT"):
             shutil.copy(tmp_path / "viewer.png", os.environ["DINOTILES_SCREENSHOT"])
         browser.close()
+
+
+@pytest.fixture
+def page(server: str):  # type: ignore[no-untyped-def]
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Chromium is not installed (apt-get install chromium; .ci/run does)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 900, "height": 700})
+        yield page
+        browser.close()
+
+
+def cluster_tile_urls(page) -> list[str]:  # type: ignore[no-untyped-def]
+    return [
+        u for u in page.eval_on_selector_all("img.leaflet-tile", "els => els.map(e => e.src)") if "/cog/tiles/" in u
+    ]
+
+
+def test_viewer_shows_progress_while_clusters_are_computed(page, server: str) -> None:  # type: ignore[no-untyped-def]
+    seen: list[str] = []
+    page.expose_function("record", lambda text: seen.append(text))
+    page.add_init_script(
+        "new MutationObserver(() => { const s = document.getElementById('status');"
+        " if (s && s.textContent) window.record(s.textContent); })"
+        ".observe(document, {subtree: true, childList: true, characterData: true});"
+    )
+    page.goto(server + "/")
+    page.wait_for_function("document.body.dataset.clustersLoaded === '1'", timeout=120_000)
+    # imagery was there first, clusters came in with a count of what was pending
+    assert any("pending" in t for t in seen), seen
+    assert page.text_content("#status").startswith("Clusters:")
+    assert page.eval_on_selector("#status", "e => e.classList.contains('busy')") is False
+    assert page.locator(".leaflet-control-scale").count() == 1
+    attribution = page.text_content(".leaflet-control-attribution")
+    assert "Clusters: dinotiles" in attribution and "Imagery:" in attribution
+
+
+def test_legend_shows_shares_and_highlights_a_cluster_or_group(page, server: str) -> None:  # type: ignore[no-untyped-def]
+    page.goto(server + "/")
+    page.wait_for_function("document.body.dataset.clustersLoaded === '1'", timeout=120_000)
+    page.wait_for_selector("#legend .entry", timeout=60_000)
+    shares = page.eval_on_selector_all("#legend .entry .share", "els => els.map(e => parseFloat(e.textContent))")
+    assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 100.5
+    first = page.get_attribute("#legend .entry", "data-id")
+    page.click("#legend .entry")
+    page.wait_for_function(f"document.body.dataset.highlight === '{first}'")
+    page.wait_for_function("document.body.dataset.clustersLoaded === '1'", timeout=120_000)
+    assert all(f"highlight={first}" in u for u in cluster_tile_urls(page))
+    page.fill("#groups", "8")
+    page.dispatch_event("#groups", "change")
+    assert page.text_content("#groups-label") == "8 groups"
+    page.wait_for_function(
+        "[...document.querySelectorAll('#legend .entry span:nth-child(2)')]"
+        ".some(e => e.textContent.startsWith('Group'))",
+        timeout=120_000,
+    )
+    urls = cluster_tile_urls(page)
+    assert urls and all("groups=8" in u and "highlight" not in u for u in urls)
+    if os.environ.get("DINOTILES_SCREENSHOT_GROUPS"):  # the README's picture of the legend and groups
+        page.wait_for_function("document.body.dataset.clustersLoaded === '1'", timeout=120_000)
+        page.screenshot(path=os.environ["DINOTILES_SCREENSHOT_GROUPS"])
+
+
+def test_viewer_explains_errors_and_when_to_zoom_in(page, server: str, rasters) -> None:  # type: ignore[no-untyped-def]
+    page.goto(server + "/")
+    page.wait_for_function("document.body.dataset.clustersLoaded === '1'", timeout=120_000)
+    assert page.is_hidden("#hint")
+    page.evaluate("map.setZoom(state.tj.minzoom - 2)")
+    page.wait_for_selector("#hint", state="visible")
+    assert page.text_content("#hint").startswith("Zoom in to see clusters (from zoom ")
+    page.fill("#url", str(rasters["two_band"]))
+    page.click("#open button")
+    page.wait_for_function("document.getElementById('error').textContent.length > 0", timeout=60_000)
+    error = page.text_content("#error")
+    assert "two_band.tif" in error and "band" in error.lower() and "Traceback" not in error, error
+    page.fill("#url", "/nowhere/missing.tif")
+    page.click("#open button")
+    page.wait_for_function("document.getElementById('error').textContent.includes('missing.tif')", timeout=60_000)

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from dinotiles.core.bundle import BundleError, load_manifest, weights_fingerprint
 from dinotiles.core.encoder import Encoder
 from dinotiles.core.grid import BORDER, grid_for, read_window
+from dinotiles.core.groups import hierarchy
 from dinotiles.core.sources import band_plan, open_dataset
 
 BATCH = 4
@@ -149,6 +150,9 @@ def write_codebook(
         np.save(out / "position_basis.npy", basis)
     else:
         (out / "position_basis.npy").unlink(missing_ok=True)
+    # the centroids' hierarchy, so that any request can ask for groups=N (dinotiles.core.groups)
+    np.save(out / "hierarchy.npy", hierarchy(centroids, meta.get("metric", "cosine")))
+    meta = {**meta, "hierarchy": "Ward linkage of the centroids (on unit vectors; raw for l2), scipy format"}
     (out / "codebook.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 

@@ -30,10 +30,34 @@ class Codebook:
     metric: str
     manifest: dict[str, Any]
     position_basis: np.ndarray | None = None  # (P, D) orthonormal rows projected out before matching
+    hierarchy: np.ndarray | None = None  # (K-1, 4) linkage of the centroids, for groups
 
     @property
     def k(self) -> int:
         return int(self.centroids.shape[0])
+
+    @cached_property
+    def tree(self) -> np.ndarray:
+        """The centroids' hierarchy (scipy linkage): hierarchy.npy when the codebook carries it, else computed."""
+        from dinotiles.core.groups import hierarchy
+
+        if self.hierarchy is not None:
+            return self.hierarchy
+        return hierarchy(self.centroids, self.metric)
+
+    @cached_property
+    def _groups(self) -> dict[int, np.ndarray]:
+        return {}
+
+    def groups(self, n: int) -> np.ndarray:
+        """Cluster → group (uint16) when the hierarchy is cut into at most n groups (2..64)."""
+        from dinotiles.core.groups import MAX_GROUPS, MIN_GROUPS, cut
+
+        if not MIN_GROUPS <= n <= MAX_GROUPS:
+            raise ValueError(f"groups must be between {MIN_GROUPS} and {MAX_GROUPS}, got {n}")
+        if n not in self._groups:
+            self._groups[n] = cut(self.tree, n)
+        return self._groups[n]
 
     @cached_property
     def fingerprint(self) -> str:
@@ -127,7 +151,14 @@ def load_codebook(directory: Path, manifest: dict[str, Any]) -> Codebook:
         basis = np.load(directory / "position_basis.npy").astype(np.float32)
         if basis.ndim != 2 or basis.shape[1] != centroids.shape[1]:
             raise BundleError(f"position_basis shape {basis.shape} does not match the centroids {centroids.shape}")
-    return Codebook(centroids=centroids, colors=colors, metric=metric, manifest=meta, position_basis=basis)
+    tree = None
+    if (directory / "hierarchy.npy").exists():
+        tree = np.load(directory / "hierarchy.npy").astype(np.float64)
+        if tree.shape != (centroids.shape[0] - 1, 4):
+            raise BundleError(f"hierarchy.npy shape {tree.shape} does not fit {centroids.shape[0]} centroids")
+    return Codebook(
+        centroids=centroids, colors=colors, metric=metric, manifest=meta, position_basis=basis, hierarchy=tree
+    )
 
 
 def load_manifest(root: Path) -> dict[str, Any]:

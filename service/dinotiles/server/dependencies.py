@@ -9,6 +9,8 @@ from fastapi import Query
 from fastapi.exceptions import RequestValidationError
 from starlette.requests import Request
 
+from dinotiles.core.colors import Style, parse_colormap, parse_highlight
+from dinotiles.core.groups import MAX_GROUPS, MIN_GROUPS
 from dinotiles.core.limits import parse_bbox
 
 
@@ -87,3 +89,19 @@ def etag_for(*parts: object) -> str:
 def not_modified(request: Request, etag: str) -> bool:
     wanted = request.headers.get("if-none-match", "")
     return any(tag.strip() in (etag, f"W/{etag}") for tag in wanted.split(","))  # not "*": that says nothing
+
+
+def style_params(
+    groups: Annotated[
+        int | None,
+        Query(ge=MIN_GROUPS, le=MAX_GROUPS, description="speak of N super-clusters (the codebook's hierarchy cut)"),
+    ] = None,
+    colormap: Annotated[
+        str | None, Query(description='your own colours, JSON {"id": [r, g, b] or [r, g, b, a]} (others transparent)')
+    ] = None,
+    highlight: Annotated[
+        str | None, Query(description="comma-separated cluster (or group) ids shown in full colour, the rest dimmed")
+    ] = None,
+) -> Style:
+    """What the picture (and npy/tif IDs, point, statistics, legend) should speak of."""
+    return Style(groups=groups, colormap=parse_colormap(colormap), highlight=parse_highlight(highlight))

@@ -22,11 +22,19 @@ from titiler.core.factory import TilerFactory
 from titiler.core.models.mapbox import TileJSON
 
 from dinotiles.core import timing
+from dinotiles.core.colors import Style
 from dinotiles.core.engine import ClusterEngine
 from dinotiles.core.limits import deadline
 from dinotiles.core.reader import WGS84, ClusterReader, cluster_reader
 from dinotiles.core.sources import Source, resolve_source
-from dinotiles.server.dependencies import bbox_query, bounded_zooms, etag_for, not_modified, reject_unknown_query
+from dinotiles.server.dependencies import (
+    bbox_query,
+    bounded_zooms,
+    etag_for,
+    not_modified,
+    reject_unknown_query,
+    style_params,
+)
 from dinotiles.server.formats import MEDIA, ClusterFormat, encode_tile
 from dinotiles.server.ogc import map_page, wmts_capabilities
 from dinotiles.server.settings import Settings
@@ -42,12 +50,21 @@ class ClusterShare(BaseModel):
     color: list[int]
 
 
+class GroupShare(BaseModel):
+    group: int
+    share: float
+    count: int
+    color: list[int]
+    clusters: list[int]
+
+
 class Statistics(BaseModel):
     bbox: list[float]
     gsd_m: float
     patches: int
     valid_patches: int
     clusters: list[ClusterShare]
+    groups: list[GroupShare] | None = None
 
 
 class ClusterPoint(BaseModel):
@@ -57,6 +74,7 @@ class ClusterPoint(BaseModel):
     values: list[int | None]
     band_names: list[str]
     cluster: int | None
+    group: int | None = None
     color: list[int] | None
     patch: dict[str, int]
 
@@ -64,11 +82,20 @@ class ClusterPoint(BaseModel):
 class LegendEntry(BaseModel):
     cluster: int
     color: list[int]
+    group: int | None = None
+
+
+class LegendGroup(BaseModel):
+    group: int
+    color: list[int]
+    clusters: list[int]
 
 
 class Legend(BaseModel):
     k: int
     clusters: list[LegendEntry]
+    groups: list[LegendGroup] | None = None
+    highlight: list[int] = []
 
 
 def cluster_shares(counts: np.ndarray, colors: np.ndarray) -> list[dict[str, Any]]:
@@ -84,6 +111,29 @@ def cluster_shares(counts: np.ndarray, colors: np.ndarray) -> list[dict[str, Any
         for c in np.argsort(-counts, kind="stable")
         if counts[c] > 0
     ]
+
+
+def group_shares(counts: np.ndarray, labels: np.ndarray, colors: np.ndarray) -> list[dict[str, Any]]:
+    """Groups present, largest share first, with their colours and the member clusters present."""
+    per_group = np.bincount(labels, weights=counts[: len(labels)], minlength=int(labels.max()) + 1)
+    total = max(1.0, float(per_group.sum()))
+    return [
+        {
+            "group": int(g),
+            "share": float(per_group[g] / total),
+            "count": int(per_group[g]),
+            "color": [int(v) for v in colors[g][:3]],
+            "clusters": [int(c) for c in np.flatnonzero((labels == g) & (counts[: len(labels)] > 0))],
+        }
+        for g in np.argsort(-per_group, kind="stable")
+        if per_group[g] > 0
+    ]
+
+
+def _style_query(request: Request) -> str:
+    """The style parameters of a request, for links to the legend that describes the same picture."""
+    kept = [(k, v) for k, v in request.query_params.multi_items() if k in ("groups", "colormap", "highlight")]
+    return "?" + urlencode(kept) if kept else ""
 
 
 def passthrough_query(request: Request, drop: tuple[str, ...] = ()) -> str:
@@ -154,7 +204,7 @@ class ClusterTilerFactory(TilerFactory):
     # -- tiles ---------------------------------------------------------------------------
     def tile(self) -> None:  # type: ignore[override]
         tms_type = self._tms_literal()
-        colors = self.engine.bundle.codebook.colors
+        codebook = self.engine.bundle.codebook
         fingerprint = self.engine.fingerprint
         limit = self.settings.max_output_size
         tile_timeout = self.settings.tile_timeout
@@ -171,8 +221,10 @@ class ClusterTilerFactory(TilerFactory):
             tilesize: Annotated[
                 int | None, Query(ge=16, le=limit, description="tile size in pixels (default 256 × scale)")
             ] = None,
+            style: Style = Depends(style_params),
         ) -> Response:
             """Cluster colours (png/webp, alpha 0 = no data) or uint16 IDs (npy/tif, 65535 = no data) of one tile."""
+            style.check(codebook)
             tms = self.supported_tms.get(tileMatrixSetId)
             check_tile_index(tms, x, y, z)
             size = tilesize or 256 * scale
@@ -182,12 +234,12 @@ class ClusterTilerFactory(TilerFactory):
             headers = {"Cache-Control": f"public, max-age={max_age}"}
             with deadline(tile_timeout), timing.collect() as spans, self.open(src, tileMatrixSetId) as reader:
                 # the identity the window cache uses (for sources without validators it needs the open file)
-                headers["ETag"] = etag_for(fingerprint, reader.view.key, tms.id, z, x, y, size, format.value)
+                headers["ETag"] = etag_for(fingerprint, reader.view.key, tms.id, z, x, y, size, format.value, style.key)
                 if not_modified(request, headers["ETag"]):
                     return Response(status_code=304, headers=headers)
                 image = reader.tile(x, y, z, tilesize=size)
                 with timing.span("render"):
-                    body = encode_tile(image, format, colors)
+                    body = encode_tile(image, format, codebook, style)
             headers["Server-Timing"] = timing.header(spans)
             headers["Content-Bbox"] = ",".join(map(str, image.bounds or ()))
             return Response(body, media_type=MEDIA[format.value], headers=headers)
@@ -237,8 +289,13 @@ class ClusterTilerFactory(TilerFactory):
             tile_format: ClusterFormat = ClusterFormat.png,
             tile_scale: Annotated[int, Query(ge=1, le=4)] = 1,
             tilesize: Annotated[int | None, Query(ge=16, le=self.settings.max_output_size)] = None,
+            style: Style = Depends(style_params),
         ) -> dict[str, Any]:
-            """TileJSON 3.0 of the cluster layer: bounds, honest minzoom, maxzoom, attribution, legend."""
+            """TileJSON 3.0 of the cluster layer: bounds, honest minzoom, maxzoom, attribution, legend.
+
+            Style parameters (``groups``, ``colormap``, ``highlight``) go on to the tile and legend URLs.
+            """
+            style.check(self.engine.bundle.codebook)
             with self.open(src, tileMatrixSetId) as reader:
                 tiles = self.url_for(
                     request,
@@ -260,7 +317,7 @@ class ClusterTilerFactory(TilerFactory):
                     "maxzoom": reader.maxzoom,
                     "tiles": [f"{tiles}?{query}"],
                     "attribution": self.attribution(src),
-                    "legend": self.url_for(request, "legend"),
+                    "legend": self.url_for(request, "legend") + _style_query(request),
                 }
 
     def wmts(self) -> None:
@@ -310,8 +367,10 @@ class ClusterTilerFactory(TilerFactory):
             src: Source = Depends(self.path_dependency),
             tileMatrixSetId: tms_type = "WebMercatorQuad",  # type: ignore[valid-type]
             tile_format: ClusterFormat = ClusterFormat.png,
+            style: Style = Depends(style_params),
         ) -> Response:
-            """OGC WMTS 1.0.0 capabilities (QGIS: Layer → Add WMS/WMTS Layer)."""
+            """OGC WMTS 1.0.0 capabilities (QGIS: Layer → Add WMS/WMTS Layer); style parameters go on to the tiles."""
+            style.check(self.engine.bundle.codebook)
             return capabilities(request, tileMatrixSetId, src, tile_format)
 
         @self.router.get(
@@ -325,8 +384,10 @@ class ClusterTilerFactory(TilerFactory):
             tileMatrixSetId: Annotated[tms_type, Path()],  # type: ignore[valid-type]
             src: Source = Depends(self.path_dependency),
             tile_format: ClusterFormat = ClusterFormat.png,
+            style: Style = Depends(style_params),
         ) -> Response:
             """The same capabilities, tiling scheme in the path."""
+            style.check(self.engine.bundle.codebook)
             return capabilities(request, tileMatrixSetId, src, tile_format)
 
     def map_viewer(self) -> None:  # type: ignore[override]
@@ -378,7 +439,7 @@ class ClusterTilerFactory(TilerFactory):
                 }
 
     def point(self) -> None:  # type: ignore[override]
-        colors = self.engine.bundle.codebook.colors
+        codebook = self.engine.bundle.codebook
 
         @self.router.get(
             "/point/{lon},{lat}", response_model=ClusterPoint, operation_id=f"{self.operation_prefix}point"
@@ -387,29 +448,37 @@ class ClusterTilerFactory(TilerFactory):
             lon: Annotated[float, Path(ge=-180, le=180)],
             lat: Annotated[float, Path(ge=-90, le=90)],
             src: Source = Depends(self.path_dependency),
+            style: Style = Depends(style_params),
         ) -> dict[str, Any]:
-            """The cluster of the patch under (lon, lat): TiTiler's point shape plus cluster and colour."""
+            """The cluster (and group) of the patch under (lon, lat): TiTiler's point shape plus id and colour."""
+            style.check(codebook)
             with self.open(src) as reader:
                 found = reader.cluster_point(lon, lat)
             cid = found["cluster"]
+            gid = None if cid is None or style.groups is None else int(codebook.groups(style.groups)[cid])
+            shown = gid if style.groups is not None else cid
             return {
                 "coordinates": [lon, lat],
-                "values": [cid],
-                "band_names": ["cluster"],
+                "values": [shown],
+                "band_names": ["group" if style.groups is not None else "cluster"],
                 "cluster": cid,
-                "color": None if cid is None else [int(c) for c in colors[cid]],
+                "group": gid,
+                "color": None if shown is None else [int(c) for c in style.lut(codebook)[shown][:3]],
                 "patch": found["patch"],
             }
 
     def statistics(self) -> None:  # type: ignore[override]
-        colors = self.engine.bundle.codebook.colors
+        codebook = self.engine.bundle.codebook
+        colors = codebook.colors
 
         @self.router.get("/statistics", response_model=Statistics, operation_id=f"{self.operation_prefix}statistics")
         def statistics(
             src: Source = Depends(self.path_dependency),
             bbox: tuple[float, float, float, float] = Depends(bbox_query),
+            style: Style = Depends(style_params),
         ) -> dict[str, Any]:
-            """Share of each cluster among the bbox's patches, largest first."""
+            """Share of each cluster (and, with ``groups``, of each group) among the bbox's patches, largest first."""
+            style.check(codebook)
             with self.open(src) as reader:
                 counts, patches = reader.cluster_counts(bbox)
             return {
@@ -418,19 +487,46 @@ class ClusterTilerFactory(TilerFactory):
                 "patches": patches,
                 "valid_patches": int(counts.sum()),
                 "clusters": cluster_shares(counts, colors),
+                "groups": None
+                if style.groups is None
+                else group_shares(counts, codebook.groups(style.groups), style.lut(codebook)),
             }
 
     def legend(self) -> None:
-        colors = self.engine.bundle.codebook.colors
+        codebook = self.engine.bundle.codebook
 
-        @self.router.get("/legend", response_model=Legend, operation_id=f"{self.operation_prefix}legend")
-        def legend(response: Response) -> dict[str, Any]:
-            """Cluster id → colour for the codebook (the same for every image)."""
+        @self.router.get(
+            "/legend",
+            response_model=Legend,
+            response_model_exclude_none=True,
+            operation_id=f"{self.operation_prefix}legend",
+        )
+        def legend(response: Response, style: Style = Depends(style_params)) -> dict[str, Any]:
+            """Id → colour as tiles with the same ``groups``/``colormap``/``highlight`` show it (every image alike).
+
+            Without ``groups``: the K clusters. With ``groups=N``: each group's colour and member clusters,
+            and each cluster's group.
+            """
+            style.check(codebook)
             response.headers["Cache-Control"] = TILE_CACHE
-            return {
-                "k": len(colors),
-                "clusters": [{"cluster": i, "color": [int(v) for v in c]} for i, c in enumerate(colors)],
-            }
+            lut = style.lut(codebook)
+            if style.groups is None:
+                clusters = [{"cluster": i, "color": [int(v) for v in lut[i][:3]]} for i in range(codebook.k)]
+                return {"k": codebook.k, "clusters": clusters, "highlight": list(style.highlight)}
+            labels = codebook.groups(style.groups)
+            base = style.colors(codebook)
+            clusters = [
+                {"cluster": i, "color": [int(v) for v in base[g][:3]], "group": int(g)} for i, g in enumerate(labels)
+            ]
+            groups = [
+                {
+                    "group": g,
+                    "color": [int(v) for v in lut[g][:3]],
+                    "clusters": [int(c) for c in np.flatnonzero(labels == g)],
+                }
+                for g in range(int(labels.max()) + 1)
+            ]
+            return {"k": codebook.k, "clusters": clusters, "groups": groups, "highlight": list(style.highlight)}
 
 
 def _bind(endpoint: Callable[..., Response], path_deps: dict[str, Callable[..., Any]]) -> Callable[..., Response]:

@@ -11,7 +11,8 @@ from rasterio.transform import from_bounds
 from rio_tiler.models import ImageData
 from rio_tiler.utils import render
 
-from dinotiles.core.colors import colorize
+from dinotiles.core.bundle import Codebook
+from dinotiles.core.colors import Style
 from dinotiles.core.encoder import NODATA
 
 
@@ -27,10 +28,11 @@ class ClusterFormat(StrEnum):
 MEDIA = {"png": "image/png", "webp": "image/webp", "npy": "application/x-binary", "tif": "image/tiff"}
 
 
-def encode_tile(image: ImageData, fmt: ClusterFormat, colors: np.ndarray) -> bytes:
-    ids = np.asarray(image.array.data)
+def encode_tile(image: ImageData, fmt: ClusterFormat, codebook: Codebook, style: Style) -> bytes:
+    """png/webp in the style's colours; npy/tif as IDs at the style's level (clusters or groups)."""
+    ids = style.ids(np.asarray(image.array.data), codebook)
     if fmt in (ClusterFormat.png, ClusterFormat.webp):
-        rgb, alpha = colorize(ids, colors)
+        rgb, alpha = style.rgba(ids, codebook)
         return bytes(render(rgb, mask=alpha, img_format=fmt.value.upper()))
     if fmt == ClusterFormat.npy:
         buf = io.BytesIO()
