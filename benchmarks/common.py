@@ -6,6 +6,7 @@ import platform
 from pathlib import Path
 
 import morecantile
+import numpy as np
 import onnxruntime as ort
 
 from dinotiles.core.bundle import Bundle, load_bundle
@@ -60,3 +61,15 @@ def machine() -> str:
         names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if "model name" in line]
         cpu = names[0] if names else cpu
     return f"{cpu}, {os.cpu_count()} cores, onnxruntime {ort.__version__} {pick_providers()[0]}"
+
+
+def seed_search(tokens: np.ndarray, centroids: np.ndarray, basis: np.ndarray | None) -> int:
+    """The seed notebook's nearest-centroid search: one patch at a time, in Python (patches searched)."""
+    done = 0
+    for feat in tokens.reshape(-1, tokens.shape[-1]):
+        f = feat / np.linalg.norm(feat)
+        if basis is not None:
+            f = f - (f @ basis.T) @ basis
+        int(np.argmax(centroids @ f))
+        done += 1
+    return done

@@ -32,6 +32,8 @@ from typing import Any
 import httpx
 import numpy as np
 
+from benchmarks.common import seed_search
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -98,12 +100,7 @@ def seed_method(bundle: Any, image: Path, side: int) -> tuple[int, float]:
             with torch.no_grad():
                 tokens = model(pixel_values=x).last_hidden_state
             grid = tokens[0, 1:].reshape(16, 16, -1).cpu().numpy()[border : border + keep, border : border + keep]
-            for feat in grid.reshape(-1, grid.shape[-1]):  # one search per patch, as the notebook did
-                f = feat / np.linalg.norm(feat)
-                if basis is not None:
-                    f = f - (f @ basis.T) @ basis
-                int(np.argmax(centroids @ f))
-                done += 1
+            done += seed_search(grid, centroids, basis)  # one search per patch, as the notebook did
     return done, time.perf_counter() - start
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from benchmarks.common import demo_bundle, engine, machine, oam_images, open_reader
+from benchmarks.common import demo_bundle, engine, machine, oam_images, open_reader, seed_search
 from dinotiles.core.render import scene_ids
 from dinotiles.core.sources import band_plan, open_dataset
 from dinotiles.server.settings import demo_dir
@@ -48,12 +48,7 @@ def seed_method(path, bundle, rows: int, cols: int) -> tuple[int, float]:  # typ
             out = model(pixel_values=x, output_hidden_states=block is not None)
             tokens = model.layernorm(out.hidden_states[block]) if block else out.last_hidden_state
         grid = tokens[0, 1:].reshape(16, 16, -1).numpy()[border : border + KEEP, border : border + KEEP]
-        for feat in grid.reshape(-1, grid.shape[-1]):  # one search per patch, as the notebook did
-            f = feat / np.linalg.norm(feat)
-            if basis is not None:
-                f = f - (f @ basis.T) @ basis
-            int(np.argmax(centroids @ f))
-            done += 1
+        done += seed_search(grid, centroids, basis)  # one search per patch, as the notebook did
     return done, time.perf_counter() - start
 
 

@@ -17,16 +17,10 @@ import numpy as np
 import pytest
 
 from dinotiles.core.shared_cache import SharedCache, decode_ids, encode_ids
-from tests.conftest import wait_for
+from tests.conftest import free_port, wait_for
 
 REDIS = shutil.which("redis-server")
 TMS = morecantile.tms.get("WebMercatorQuad")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_redis(port: int) -> subprocess.Popen[bytes]:

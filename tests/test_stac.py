@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,74 +12,15 @@ from pathlib import Path
 import morecantile
 import numpy as np
 import pytest
-import rasterio
 from fastapi.testclient import TestClient
-from rasterio.warp import transform_bounds
 
 from dinotiles.server.app import create_app
-from tests.conftest import wait_for
+from tests.conftest import free_port
 
 # every test here starts servers (rustac, an HTTP file server) and an app with the real model
 pytestmark = pytest.mark.slow
 
 TMS = morecantile.tms.get("WebMercatorQuad")
-RUSTAC = shutil.which("rustac") or str(Path(__file__).resolve().parent.parent / ".venv" / "bin" / "rustac")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def stac_item(item_id: str, path: Path, href: str, date: str) -> dict:
-    with rasterio.open(path) as ds:
-        w, s, e, n = transform_bounds(ds.crs, "EPSG:4326", *ds.bounds)
-    return {
-        "type": "Feature",
-        "stac_version": "1.0.0",
-        "id": item_id,
-        "collection": "aerial",
-        "geometry": {"type": "Polygon", "coordinates": [[[w, s], [e, s], [e, n], [w, n], [w, s]]]},
-        "bbox": [w, s, e, n],
-        "properties": {"datetime": date, "gsd": 0.25},
-        "links": [],
-        "assets": {
-            "visual": {
-                "href": href,
-                "type": "image/tiff; application=geotiff; profile=cloud-optimized",
-                "roles": ["visual"],
-            }
-        },
-    }
-
-
-@pytest.fixture(scope="module")
-def stac_api(
-    tmp_path_factory: pytest.TempPathFactory, sample: Path, http_server: str, rasters: dict[str, Path]
-) -> Iterator[str]:
-    """rustac serve with 3 items on the sample image (COG over HTTP) and one item with no raster asset."""
-    folder = tmp_path_factory.mktemp("stac")
-    items = [
-        stac_item(f"scene-{i}", sample, f"{http_server}/{sample.name}", f"2024-0{i + 1}-01T00:00:00Z") for i in range(3)
-    ]
-    broken = stac_item("no-raster", sample, "", "2024-05-01T00:00:00Z")
-    broken["assets"] = {"metadata": {"href": f"{http_server}/meta.json", "type": "application/json"}}
-    items.append(broken)
-    (folder / "items.json").write_text(json.dumps({"type": "FeatureCollection", "features": items}))
-    port = free_port()
-    proc = subprocess.Popen(
-        [RUSTAC, "serve", "--create-collections", "--addr", f"127.0.0.1:{port}", str(folder / "items.json")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(url + "/")
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 @pytest.fixture(scope="module")

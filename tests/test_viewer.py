@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import wait_for
+from tests.conftest import free_port, wait_for
 
 # starts a real server and a browser
 pytestmark = pytest.mark.slow
@@ -29,17 +28,17 @@ FLAGS = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
-def server(bundle, sample: Path, rasters, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:  # type: ignore[no-untyped-def]
+def server(bundle, sample: Path, rasters, stac_api: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:  # type: ignore[no-untyped-def]
     port = free_port()
     roots = f"{sample.parent}:{rasters['two_band'].parent}"
-    env = {**os.environ, "DINOTILES_BUNDLE": str(bundle.root), "DINOTILES_LOCAL_ROOTS": roots}
+    env = {
+        **os.environ,
+        "DINOTILES_BUNDLE": str(bundle.root),
+        "DINOTILES_LOCAL_ROOTS": roots,
+        "DINOTILES_STAC_URL": stac_api,  # a real STAC API (rustac) whose items' COGs are served over HTTP
+        "DINOTILES_ALLOWED_HOSTS": "127.0.0.1",
+    }
     proc = subprocess.Popen(
         [sys.executable, "-m", "dinotiles.cli", "serve", "--port", str(port)],
         cwd=tmp_path_factory.mktemp("elsewhere"),  # the viewer's files come from the package, not the checkout
@@ -169,3 +168,23 @@ def test_viewer_explains_errors_and_when_to_zoom_in(page, server: str, rasters) 
     page.fill("#url", "/nowhere/missing.tif")
     page.click("#open button")
     page.wait_for_function("document.getElementById('error').textContent.includes('missing.tif')", timeout=60_000)
+
+
+def test_search_imagery_in_view_and_open_an_item(page, server: str) -> None:  # type: ignore[no-untyped-def]
+    page.goto(server + "/")
+    page.wait_for_function("document.body.dataset.clustersLoaded === '1'", timeout=120_000)
+    page.click("#search")
+    page.wait_for_function("document.querySelectorAll('#items .item').length >= 4", timeout=60_000)
+    entries = page.eval_on_selector_all("#items .item", "els => els.map(e => [e.dataset.id, e.textContent])")
+    assert ["scene-0", "2024-01-01 · aerial · scene-0"] in [list(e) for e in entries]
+    assert page.locator(".leaflet-overlay-pane path").count() >= 4  # the items' footprints on the map
+    page.click("#items .item[data-id='scene-1']")
+    page.wait_for_function("document.body.dataset.item === 'scene-1'")
+    page.wait_for_function("document.body.dataset.clustersLoaded === '1'", timeout=120_000)
+    imagery = page.eval_on_selector_all("img.leaflet-tile", "els => els.map(e => e.src)")
+    urls = [u for u in imagery if "/stac/tiles/" in u]
+    assert urls and all("scene-1" in u for u in urls) and not cluster_tile_urls(page)
+    assert any("/rgb/tiles/" in u and "url=http%3A%2F%2F127.0.0.1" in u for u in imagery)
+    page.wait_for_function("document.getElementById('legend').textContent.startsWith('In the item')", timeout=60_000)
+    page.click("#items .item[data-id='no-raster']")
+    page.wait_for_function("document.getElementById('error').textContent.includes('no-raster')")

@@ -16,8 +16,10 @@ from pydantic import BaseModel, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from dinotiles.core.colors import Style
 from dinotiles.core.sources import Source, resolve_source
-from dinotiles.server.factory import ClusterShare, ClusterTilerFactory, cluster_shares
+from dinotiles.server.dependencies import style_params
+from dinotiles.server.factory import ClusterShare, ClusterTilerFactory, GroupShare, cluster_shares, group_shares
 from dinotiles.stac.client import SearchParams, StacBadRequest, StacClient, search_params
 from dinotiles.stac.items import ItemCache, attribution, item_href, raster_asset
 from dinotiles.stac.jobs import JobNotFound, Jobs
@@ -47,6 +49,7 @@ class Sample(BaseModel):
 
 class ItemStatistics(BaseModel):
     clusters: list[ClusterShare]
+    groups: list[GroupShare] | None = None
     sample: Sample
 
 
@@ -112,13 +115,17 @@ class StacItemFactory(ClusterTilerFactory):
         super().__attrs_post_init__()
 
     def statistics(self) -> None:
-        colors = self.engine.bundle.codebook.colors
+        codebook = self.engine.bundle.codebook
+        colors = codebook.colors
 
         @self.router.get(
             "/statistics", response_model=ItemStatistics, operation_id=f"{self.operation_prefix}statistics"
         )
-        def statistics(src: Source = Depends(self.path_dependency)) -> dict[str, Any]:
-            """The item's cluster shares from a seeded sample of its windows (all of them if few)."""
+        def statistics(
+            src: Source = Depends(self.path_dependency), style: Style = Depends(style_params)
+        ) -> dict[str, Any]:
+            """The item's cluster (and, with ``groups``, group) shares from a seeded sample of its windows."""
+            style.check(codebook)
             with self.open(src) as reader:
                 counts, sampled, total = sampled_counts(self.engine, reader.view)
             valid = int(counts.sum())
@@ -126,6 +133,9 @@ class StacItemFactory(ClusterTilerFactory):
                 raise StacBadRequest("the item's sampled windows hold no valid pixels")
             return {
                 "clusters": cluster_shares(counts, colors),
+                "groups": None
+                if style.groups is None
+                else group_shares(counts, codebook.groups(style.groups), style.lut(codebook)),
                 "sample": {
                     "windows": sampled,
                     "of": total,
