@@ -38,6 +38,7 @@ def server(bundle, sample: Path, rasters, stac_api: str, tmp_path_factory: pytes
         "DINOTILES_LOCAL_ROOTS": roots,
         "DINOTILES_STAC_URL": stac_api,  # a real STAC API (rustac) whose items' COGs are served over HTTP
         "DINOTILES_ALLOWED_HOSTS": "127.0.0.1",
+        "DINOTILES_SCENES_SYNC_MAX": "3",  # 4 items: scene clustering runs as a job with progress
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "dinotiles.cli", "serve", "--port", str(port)],
@@ -188,3 +189,31 @@ def test_search_imagery_in_view_and_open_an_item(page, server: str) -> None:  # 
     page.wait_for_function("document.getElementById('legend').textContent.startsWith('In the item')", timeout=60_000)
     page.click("#items .item[data-id='no-raster']")
     page.wait_for_function("document.getElementById('error').textContent.includes('no-raster')")
+
+
+def test_group_searched_scenes_with_progress_and_thumbnails(page, server: str) -> None:  # type: ignore[no-untyped-def]
+    seen: list[str] = []
+    page.expose_function("record", lambda text: seen.append(text))
+    page.add_init_script(
+        "new MutationObserver(() => { const s = document.getElementById('scene-groups');"
+        " if (s && s.textContent) window.record(s.textContent); })"
+        ".observe(document, {subtree: true, childList: true, characterData: true});"
+    )
+    page.goto(server + "/")
+    page.wait_for_function("document.body.dataset.clustersLoaded === '1'", timeout=120_000)
+    assert page.is_disabled("#scenes")
+    page.click("#search")
+    page.wait_for_function("!document.getElementById('scenes').disabled", timeout=60_000)
+    page.click("#scenes")
+    page.wait_for_function("document.getElementById('scene-groups').dataset.ready === '1'", timeout=300_000)
+    assert any("Clustering scenes:" in t and "items summarised" in t for t in seen), seen  # the job's progress
+    scenes = page.eval_on_selector_all("#scene-groups .scene", "els => els.map(e => [e.dataset.id, e.dataset.cluster])")
+    assert sorted(i for i, _ in scenes) == ["scene-0", "scene-1", "scene-2"]
+    assert {c for _, c in scenes} == {"0"}  # three copies of one image: one group
+    page.wait_for_function(
+        "[...document.querySelectorAll('#scene-groups .scene img')].every(i => i.complete && i.naturalWidth > 0)",
+        timeout=60_000,
+    )
+    assert "skipped no-raster" in page.text_content("#scene-groups")
+    page.click("#scene-groups .scene[data-id='scene-2']")
+    page.wait_for_function("document.body.dataset.item === 'scene-2'")
