@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-EXTRAS ?= cpu,export,test
+EXTRAS ?= cpu,export,batch,test
 OAM := $(wildcard ../shared/data/oam)
 ROOTS := $(CURDIR)/.dinotiles/data$(if $(OAM),:$(abspath $(OAM)))
 HOST ?= 127.0.0.1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -102,6 +102,19 @@ def build_parser() -> Parser:
     ev.add_argument("--finetune-per-class", type=int, default=150)
     ev.add_argument("--epochs", type=int, default=4)
     ev.add_argument("--seed", type=int, default=0)
+
+    bt = sub.add_parser("batch", help="render many COGs (or a STAC search's items) on Ray into cluster COGs + STAC")
+    bt.add_argument("sources", nargs="*", help="COG paths or URLs (else give STAC search options)")
+    bt.add_argument("--bbox", help="STAC search: minx,miny,maxx,maxy")
+    bt.add_argument("--datetime", help="STAC search: RFC 3339 instant or interval")
+    bt.add_argument("--collections", help="STAC search: comma-separated collection ids")
+    bt.add_argument("--limit", type=int, default=100, help="STAC search: at most this many items")
+    bt.add_argument("--assets", default="visual", help="STAC: the asset to render")
+    bt.add_argument("--out", type=Path, required=True, help="output directory (one folder per item, collection.json)")
+    bt.add_argument("--collection-id", default="dinotiles-results")
+    bt.add_argument("--address", help="an existing Ray cluster (else RAY_ADDRESS, else a local Ray)")
+    bt.add_argument("--workers", type=int, help="encoder actors (default: one per GPU, else per CPU)")
+    bt.add_argument("--retries", type=int, default=1, help="times a failed item is tried again before it is reported")
 
     d = sub.add_parser("demo", help="prepare the demo bundle and sample image without serving")
     d.add_argument("--dir", type=Path, default=demo_dir())
@@ -310,7 +323,62 @@ def cluster_search(args: argparse.Namespace) -> dict[str, object]:
         raise CliError(str(exc)) from exc
 
 
-COMMANDS = {
+def batch_specs(args: argparse.Namespace) -> list[object]:
+    """What `dinotiles batch` renders: the COGs named, or the items of a STAC search (their asset)."""
+    from dinotiles.batch.results import SourceSpec, safe_id
+    from dinotiles.server.settings import Settings
+    from dinotiles.stac.client import StacBadRequest, StacClient, StacTimeout, StacUpstreamError, search_params
+    from dinotiles.stac.items import item_href, raster_asset
+
+    if args.sources:
+        if args.bbox or args.collections or args.datetime:
+            raise CliError("give COGs or STAC search options, not both")
+        specs = [
+            SourceSpec(safe_id(Path(s).stem if "://" not in s else s.rsplit("/", 1)[-1].split("?")[0]), s)
+            for s in args.sources
+        ]
+        missing = [s for s in args.sources if "://" not in s and not Path(s).is_file()]
+        if missing:
+            raise CliError(f"no such image: {', '.join(missing)}")
+    elif args.bbox or args.collections or args.datetime:
+        settings = Settings.from_env()
+        try:
+            params = search_params(args.bbox, args.datetime, args.collections, args.limit)
+            items = StacClient(settings.stac_url, settings.stac_timeout).search(params)["features"]
+        except (StacBadRequest, StacUpstreamError, StacTimeout) as exc:
+            raise CliError(str(exc)) from exc
+        specs = []
+        for item in items:
+            url = item_href(item, settings.stac_url)
+            try:
+                _, href = raster_asset(item, [args.assets], url)
+            except StacBadRequest as exc:
+                print(f"dinotiles: skipping {item.get('id')}: {exc}", file=sys.stderr)
+                continue
+            specs.append(SourceSpec(safe_id(str(item.get("id"))), href, item=item, item_url=url))
+        if not specs:
+            raise CliError("the search matched no items with a GeoTIFF asset")
+    else:
+        raise CliError("give COGs, or STAC search options (--bbox, --datetime, --collections)")
+    if len({s.id for s in specs}) != len(specs):
+        raise CliError("two sources would share an output folder (same id or file name)")
+    return list(specs)
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    """Exit 0 when every source is done (or was already), 1 when some failed (listed), 2 for bad input."""
+    from dinotiles.batch.runner import run
+
+    if str(args.out).startswith("s3://"):
+        raise CliError("s3:// output is not supported yet: give a directory")
+    summary = run(batch_specs(args), args.out, args.collection_id, args.address, args.workers, args.retries)  # type: ignore[arg-type]
+    for failure in summary.failed:
+        print(f"dinotiles: failed {failure['id']}: {failure['error']}", file=sys.stderr)
+    print(f"dinotiles: {summary.line()}; collection {args.out / 'collection.json'}")
+    return 1 if summary.failed else 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {
     "serve": cmd_serve,
     "export": cmd_export,
     "codebook": cmd_codebook,
@@ -318,6 +386,7 @@ COMMANDS = {
     "demo": cmd_demo,
     "finetune": cmd_finetune,
     "scenes": cmd_scenes,
+    "batch": cmd_batch,
 }
 
 
@@ -326,14 +395,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from dinotiles.core.errors import DinotilesError
 
     try:
-        COMMANDS[args.command](args)
+        status = COMMANDS[args.command](args)
     except (CliError, DinotilesError) as exc:  # bad input, bad settings, unreadable files: one line, exit 2
         print(f"dinotiles: error: {exc}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as exc:
-        print(f"dinotiles: error: {exc.name} is not installed (pip install 'dinotiles[export]')", file=sys.stderr)
+        extra = "batch" if exc.name == "ray" else "export"
+        print(f"dinotiles: error: {exc.name} is not installed (pip install 'dinotiles[{extra}]')", file=sys.stderr)
         return 2
-    return 0
+    return status if isinstance(status, int) else 0
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ def scene_ids(engine: ClusterEngine, view: SourceView, progress: bool = True) ->
     return out
 
 
-def write_cog(path: Path, data: np.ndarray, view: SourceView, nodata: int | None) -> None:
+def write_cog(path: Path, data: np.ndarray, view: SourceView, nodata: int | None, resampling: str = "nearest") -> None:
+    """A COG of one pixel per patch; overviews by ``resampling`` (``mode`` keeps IDs real IDs)."""
     grid = view.grid
     profile = {
         "driver": "GTiff",
@@ -50,7 +51,7 @@ def write_cog(path: Path, data: np.ndarray, view: SourceView, nodata: int | None
                 dst.colorinterp = [rasterio.enums.ColorInterp[c] for c in ("red", "green", "blue", "alpha")]
         # overviews are made while a level is larger than a block: small scenes get small blocks
         block = 256 if max(data.shape[-2:]) > 1024 else 64
-        rio_copy(raw, path, driver="COG", compress="deflate", overview_resampling="nearest", blocksize=block)
+        rio_copy(raw, path, driver="COG", compress="deflate", overview_resampling=resampling, blocksize=block)
 
 
 def render_scene(engine: ClusterEngine, view: SourceView, out: Path, progress: bool = True) -> Path:
@@ -59,5 +60,5 @@ def render_scene(engine: ClusterEngine, view: SourceView, out: Path, progress: b
     rgb, alpha = colorize(ids[None], engine.bundle.codebook.colors)
     write_cog(out, np.concatenate([rgb, alpha[None]]), view, None)
     ids_path = out.with_name(out.stem + "_ids" + out.suffix)
-    write_cog(ids_path, ids[None], view, NODATA)
+    write_cog(ids_path, ids[None], view, NODATA, resampling="mode")
     return ids_path

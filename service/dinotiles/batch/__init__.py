@@ -1,0 +1,1 @@
+"""Batch rendering of many sources on Ray, and the STAC collection of its results."""

@@ -1,0 +1,72 @@
+"""`dinotiles batch` on a real local Ray (2 CPUs): same pixels as `render`, a valid STAC collection, resumable."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from dinotiles.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, bundle, http_server: str) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("DINOTILES_BUNDLE", str(bundle.root))  # Ray workers get DINOTILES_* from the driver
+    monkeypatch.setenv("DINOTILES_ALLOWED_HOSTS", http_server.removeprefix("http://"))
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+
+
+def read(path: Path) -> np.ndarray:
+    with rasterio.open(path) as ds:
+        return ds.read()
+
+
+def test_batch_equals_render_validates_and_resumes(env, sample: Path, rasters, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from stac_pydantic import Collection, Item
+
+    second = str(shutil.copy(sample, tmp_path / "second.tif"))
+    out = tmp_path / "out"
+    code = main(["batch", str(sample), second, str(rasters["corrupt"]), "--out", str(out), "--workers", "2"])
+    assert code == 1  # some failed: listed, exit 1
+    err = capsys.readouterr()
+    # the corrupt file is retried, then reported; the others are done
+    assert "failed corrupt" in err.err and "2 done, 0 skipped" in err.out and "1 failed" in err.out
+    # pixel for pixel what `dinotiles render` writes
+    assert main(["render", str(sample), str(tmp_path / "render.tif")]) == 0
+    assert np.array_equal(read(out / sample.stem / "cluster_ids.tif"), read(tmp_path / "render_ids.tif"))
+    assert np.array_equal(read(out / sample.stem / "clusters.tif"), read(tmp_path / "render.tif"))
+    with rasterio.open(out / sample.stem / "cluster_ids.tif") as ds:
+        assert ds.nodata == 65535 and (ds.overviews(1) or max(ds.shape) <= 64)
+    item = json.loads((out / sample.stem / "item.json").read_text())
+    Item.model_validate(item)
+    collection = json.loads((out / "collection.json").read_text())
+    Collection.model_validate(collection)
+    assert sorted(link["href"] for link in collection["links"]) == ["./second/item.json", f"./{sample.stem}/item.json"]
+    classes = item["assets"]["cluster_ids"]["classification:classes"]
+    assert len(classes) == 512 and classes[5]["value"] == 5 and len(classes[5]["color_hint"]) == 6
+    assert item["properties"]["dinotiles:k"] == 512 and item["links"][0]["rel"] == "derived_from"
+    stamp = (out / sample.stem / "cluster_ids.tif").stat().st_mtime_ns
+    # a rerun skips what is done (same fingerprints) and tries the failed one again
+    main(["batch", str(sample), second, "--out", str(out), "--workers", "2"])
+    assert "0 done, 2 skipped" in capsys.readouterr().out
+    assert (out / sample.stem / "cluster_ids.tif").stat().st_mtime_ns == stamp
+
+
+def test_batch_over_a_stac_search(env, stac_api: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("DINOTILES_STAC_URL", stac_api)
+    out = tmp_path / "stac-out"
+    main(["batch", "--collections", "aerial", "--out", str(out), "--workers", "2"])
+    captured = capsys.readouterr()
+    assert "3 done" in captured.out and "skipping no-raster" in captured.err
+    for name in ("scene-0", "scene-1", "scene-2"):
+        item = json.loads((out / name / "item.json").read_text())
+        assert item["links"][0]["href"] == f"{stac_api}/collections/aerial/items/{name}"
+    ids = [read(out / n / "cluster_ids.tif") for n in ("scene-0", "scene-1")]
+    assert np.array_equal(*ids)  # the same image behind both items: the same clusters
+    assert main(["batch", "--collections", "nope", "--out", str(out)]) == 2
