@@ -70,3 +70,34 @@ def test_batch_over_a_stac_search(env, stac_api: str, monkeypatch: pytest.Monkey
     ids = [read(out / n / "cluster_ids.tif") for n in ("scene-0", "scene-1")]
     assert np.array_equal(*ids)  # the same image behind both items: the same clusters
     assert main(["batch", "--collections", "nope", "--out", str(out)]) == 2
+
+
+def test_a_killed_ray_worker_is_survived(env, sample: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import signal
+    import threading
+    import time
+
+    sources = [str(shutil.copy(sample, tmp_path / f"copy{i}.tif")) for i in range(3)]
+    out = tmp_path / "out"
+    codes: list[int] = []
+    run = threading.Thread(target=lambda: codes.append(main(["batch", *sources, "--out", str(out), "--workers", "2"])))
+    run.start()
+    killed = None
+    deadline = time.monotonic() + 120
+    while killed is None and time.monotonic() < deadline and run.is_alive():
+        for proc in Path("/proc").glob("[0-9]*"):
+            try:
+                title = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"ray::Renderer.render" in title:  # Ray names a worker by the task it runs
+                os.kill(int(proc.name), signal.SIGKILL)  # it dies in the middle of rendering a scene
+                killed = int(proc.name)
+                break
+        time.sleep(0.05)
+    run.join(300)
+    assert killed is not None, "no Ray worker was seen rendering"
+    assert codes == [0], capsys.readouterr()
+    assert "3 done, 0 skipped" in capsys.readouterr().out
+    assert all((out / f"copy{i}" / "item.json").exists() for i in range(3))
