@@ -101,3 +101,56 @@ def test_a_killed_ray_worker_is_survived(env, sample: Path, tmp_path: Path, caps
     assert codes == [0], capsys.readouterr()
     assert "3 done, 0 skipped" in capsys.readouterr().out
     assert all((out / f"copy{i}" / "item.json").exists() for i in range(3))
+
+
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """moto's S3 server on 127.0.0.1 (a real HTTP S3 API), with an empty bucket."""
+    import subprocess
+    import sys
+
+    import boto3
+
+    from tests.conftest import free_port, wait_for
+
+    port = free_port()
+    server = Path(sys.executable).with_name("moto_server")
+    proc = subprocess.Popen(
+        [str(server), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    for key, value in {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(key, value)
+    try:
+        wait_for(endpoint + "/moto-api/")
+        client = boto3.client("s3")
+        client.create_bucket(Bucket="results")
+        yield client
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_batch_writes_to_s3_and_resumes_there(env, s3, sample: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from stac_pydantic import Collection, Item
+
+    assert main(["batch", str(sample), "--out", "s3://results/run1", "--workers", "1"]) == 0
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="results")["Contents"])
+    stem = sample.stem
+    assert keys == sorted(
+        ["run1/collection.json", *(f"run1/{stem}/{f}" for f in ("clusters.tif", "cluster_ids.tif", "item.json"))]
+    )
+    item = json.loads(s3.get_object(Bucket="results", Key=f"run1/{stem}/item.json")["Body"].read())
+    Item.model_validate(item)
+    Collection.model_validate(json.loads(s3.get_object(Bucket="results", Key="run1/collection.json")["Body"].read()))
+    body = s3.get_object(Bucket="results", Key=f"run1/{stem}/cluster_ids.tif")["Body"].read()
+    with rasterio.MemoryFile(body) as mem, mem.open() as ds:
+        assert ds.dtypes[0] == "uint16" and ds.nodata == 65535
+    capsys.readouterr()
+    assert main(["batch", str(sample), "--out", "s3://results/run1", "--workers", "1"]) == 0
+    assert "0 done, 1 skipped" in capsys.readouterr().out

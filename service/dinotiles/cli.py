@@ -110,7 +110,9 @@ def build_parser() -> Parser:
     bt.add_argument("--collections", help="STAC search: comma-separated collection ids")
     bt.add_argument("--limit", type=int, default=100, help="STAC search: at most this many items")
     bt.add_argument("--assets", default="visual", help="STAC: the asset to render")
-    bt.add_argument("--out", type=Path, required=True, help="output directory (one folder per item, collection.json)")
+    bt.add_argument(
+        "--out", required=True, help="output directory or s3://bucket/prefix (a folder per item, collection.json)"
+    )
     bt.add_argument("--collection-id", default="dinotiles-results")
     bt.add_argument("--address", help="an existing Ray cluster (else RAY_ADDRESS, else a local Ray)")
     bt.add_argument("--workers", type=int, help="encoder actors (default: one per GPU, else per CPU)")
@@ -369,12 +371,10 @@ def cmd_batch(args: argparse.Namespace) -> int:
     """Exit 0 when every source is done (or was already), 1 when some failed (listed), 2 for bad input."""
     from dinotiles.batch.runner import run
 
-    if str(args.out).startswith("s3://"):
-        raise CliError("s3:// output is not supported yet: give a directory")
     summary = run(batch_specs(args), args.out, args.collection_id, args.address, args.workers, args.retries)  # type: ignore[arg-type]
     for failure in summary.failed:
         print(f"dinotiles: failed {failure['id']}: {failure['error']}", file=sys.stderr)
-    print(f"dinotiles: {summary.line()}; collection {args.out / 'collection.json'}")
+    print(f"dinotiles: {summary.line()}; collection {str(args.out).rstrip('/')}/collection.json")
     return 1 if summary.failed else 0
 
 

@@ -4,19 +4,18 @@ One folder per source: ``clusters.tif`` (RGBA, one pixel per 3.5 m patch, COG), 
 (uint16 IDs, 65535 = no data, overviews by mode), ``item.json`` (a STAC item linking back to its
 source, the classification extension listing id → colour, the bundle and codebook fingerprints).
 ``collection.json`` at the root links every item. An item whose ``item.json`` carries the same
-fingerprints is done: a rerun skips it.
+fingerprints is done: a rerun skips it. Where they are written: ``dinotiles.batch.outputs``.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from dinotiles.batch.outputs import Output
 from dinotiles.core.bundle import Bundle
 
 STAC_VERSION = "1.0.0"
@@ -46,18 +45,6 @@ def fingerprints(bundle: Bundle, engine_fingerprint: str) -> dict[str, Any]:
         "dinotiles:codebook": bundle.codebook.fingerprint,
         "dinotiles:k": bundle.codebook.k,
     }
-
-
-def is_done(folder: Path, expected: dict[str, Any]) -> bool:
-    """The item's outputs exist and were made by the same encoder and codebook."""
-    item = folder / "item.json"
-    if not (item.exists() and (folder / "clusters.tif").exists() and (folder / "cluster_ids.tif").exists()):
-        return False
-    try:
-        props = json.loads(item.read_text()).get("properties", {})
-    except (OSError, json.JSONDecodeError):
-        return False
-    return all(props.get(k) == v for k, v in expected.items())
 
 
 def result_item(
@@ -101,11 +88,11 @@ def result_item(
     }
 
 
-def write_collection(out: Path, collection_id: str, bundle: Bundle, prints: dict[str, Any]) -> dict[str, Any]:
-    """collection.json over every item.json under ``out`` (those of earlier runs too)."""
-    items = sorted(out.glob("*/item.json"))
-    boxes = np.array([json.loads(p.read_text())["bbox"] for p in items]) if items else np.zeros((0, 4))
-    times = sorted(json.loads(p.read_text())["properties"]["datetime"] for p in items)
+def write_collection(output: Output, collection_id: str, bundle: Bundle, prints: dict[str, Any]) -> dict[str, Any]:
+    """collection.json over every published item (those of earlier runs too)."""
+    items = output.items()
+    boxes = np.array([item["bbox"] for _, item in items]) if items else np.zeros((0, 4))
+    times = sorted(item["properties"]["datetime"] for _, item in items)
     bbox = [*boxes[:, :2].min(axis=0), *boxes[:, 2:].max(axis=0)] if len(boxes) else [-180, -90, 180, 90]
     collection = {
         "type": "Collection",
@@ -119,9 +106,7 @@ def write_collection(out: Path, collection_id: str, bundle: Bundle, prints: dict
             "temporal": {"interval": [[times[0] if times else None, times[-1] if times else None]]},
         },
         "summaries": {k: [v] for k, v in prints.items()},
-        "links": [
-            {"rel": "item", "href": f"./{p.parent.name}/item.json", "type": "application/geo+json"} for p in items
-        ],
+        "links": [{"rel": "item", "href": f"./{name}/item.json", "type": "application/geo+json"} for name, _ in items],
     }
-    (out / "collection.json").write_text(json.dumps(collection, indent=1) + "\n")
+    output.write_json("collection.json", collection)
     return collection

@@ -10,7 +10,6 @@ retried once, then reported, without stopping the others. Settings travel to the
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -19,7 +18,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from dinotiles.batch.results import SourceSpec, fingerprints, is_done, result_item, write_collection
+from dinotiles.batch.outputs import open_output
+from dinotiles.batch.results import SourceSpec, fingerprints, result_item, write_collection
 from dinotiles.core.errors import DinotilesError
 
 
@@ -42,8 +42,11 @@ class Summary:
         )
 
 
-def render_source(engine: Any, policy: Any, spec: SourceSpec, out: Path, prints: dict[str, Any]) -> dict[str, Any]:
-    """One source → its folder of results (outputs first, item.json last: a crash leaves it not done)."""
+def render_source(engine: Any, policy: Any, spec: SourceSpec, out: str, prints: dict[str, Any]) -> dict[str, Any]:
+    """One source → its results, rendered in a local scratch folder, then published (item.json last)."""
+    import json
+    import tempfile
+
     import numpy as np
     from rasterio.warp import transform_bounds
 
@@ -59,22 +62,20 @@ def render_source(engine: Any, policy: Any, spec: SourceSpec, out: Path, prints:
     # a path the operator named is opened as `render` does; anything from a STAC API passes the URL guard
     source = Source.local(str(Path(spec.href).resolve())) if local else resolve_source(spec.href, policy)
     reader = cluster_reader(engine, policy, RequestLimits())
-    folder = out / spec.id
-    part = out / f".{spec.id}.part"
-    shutil.rmtree(part, ignore_errors=True)
-    part.mkdir(parents=True)
-    with reader(source) as src:
-        view = src.view
-        ids = scene_ids(engine, view, progress=False)
-        rgb, alpha = colorize(ids[None], engine.bundle.codebook.colors)
-        write_cog(part / "clusters.tif", np.concatenate([rgb, alpha[None]]), view, None)
-        write_cog(part / "cluster_ids.tif", ids[None], view, NODATA, resampling="mode")
-        bounds = transform_bounds(view.grid.crs, "EPSG:4326", *view.grid.bounds(), densify_pts=21)
-    import json
-
-    (part / "item.json").write_text(json.dumps(result_item(spec, bounds, engine.bundle, prints), indent=1) + "\n")
-    shutil.rmtree(folder, ignore_errors=True)
-    part.replace(folder)
+    output = open_output(out)
+    with tempfile.TemporaryDirectory(prefix="dinotiles-batch-") as tmp:
+        part = Path(tmp) / spec.id
+        part.mkdir()
+        with reader(source) as src:
+            view = src.view
+            ids = scene_ids(engine, view, progress=False)
+            rgb, alpha = colorize(ids[None], engine.bundle.codebook.colors)
+            write_cog(part / "clusters.tif", np.concatenate([rgb, alpha[None]]), view, None)
+            write_cog(part / "cluster_ids.tif", ids[None], view, NODATA, resampling="mode")
+            bounds = transform_bounds(view.grid.crs, "EPSG:4326", *view.grid.bounds(), densify_pts=21)
+        item = result_item(spec, bounds, engine.bundle, prints)
+        (part / "item.json").write_text(json.dumps(item, indent=1) + "\n")
+        output.publish(spec.id, part)
     return {"id": spec.id, "patches": int((ids != NODATA).sum()), "seconds": time.perf_counter() - started}
 
 
@@ -85,7 +86,7 @@ def _worker_env() -> dict[str, str]:
 
 def run(
     specs: list[SourceSpec],
-    out: Path,
+    out: str,
     collection_id: str = "dinotiles-results",
     address: str | None = None,
     workers: int | None = None,
@@ -102,11 +103,11 @@ def run(
     bundle = load_bundle(settings.bundle)
     tag = "" if settings.precision == "fp32" else f"-{settings.precision}"
     prints = fingerprints(bundle, bundle.fingerprint + tag)
-    out.mkdir(parents=True, exist_ok=True)
+    output = open_output(out)
     summary = Summary()
     todo = []
     for spec in specs:
-        if is_done(out / spec.id, prints):
+        if output.is_done(spec.id, prints):
             summary.skipped.append(spec.id)
         else:
             todo.append(spec)
@@ -126,13 +127,13 @@ def run(
             if not address:
                 ray.shutdown()
     summary.seconds = time.perf_counter() - started
-    write_collection(out, collection_id, bundle, prints)
+    write_collection(output, collection_id, bundle, prints)
     return summary
 
 
 def _schedule(
     todo: list[SourceSpec],
-    out: Path,
+    out: str,
     prints: dict[str, Any],
     summary: Summary,
     workers: int | None,
@@ -146,7 +147,7 @@ def _schedule(
     per_worker = {"num_gpus": 1} if gpus else {"num_cpus": 1}
     n = min(len(todo), workers or (gpus or int(ray.cluster_resources().get("CPU", 1))))
     renderer = ray.remote(Renderer).options(max_restarts=2, max_task_retries=2, **per_worker)  # type: ignore[attr-defined]
-    actors = [renderer.remote(str(out)) for _ in range(n)]
+    actors = [renderer.remote(out) for _ in range(n)]
     queue: deque[tuple[SourceSpec, int]] = deque((s, 0) for s in todo)
     pending: dict[Any, tuple[SourceSpec, int, int]] = {}
     idle = list(range(n))
@@ -164,7 +165,7 @@ def _schedule(
             bar.update(1)
             continue
         except RayActorError:  # the worker is gone for good: a fresh one takes its place
-            actors[a] = renderer.remote(str(out))
+            actors[a] = renderer.remote(out)
             error = "the Ray worker died"
         except RayTaskError as exc:
             cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else exc
@@ -187,7 +188,7 @@ class Renderer:
         settings = Settings.from_env()
         self.engine = settings.open_engine(load_bundle(settings.bundle))
         self.policy = settings.source_policy()
-        self.out = Path(out)
+        self.out = out
 
     def render(self, spec: SourceSpec, prints: dict[str, Any]) -> dict[str, Any]:
         try:
