@@ -23,7 +23,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from dinotiles.server.app import create_app
-from tests.test_stac import item_url, stac_api, stac_client  # noqa: F401  (fixtures)
+from tests.test_stac import item_url, stac_client  # noqa: F401  (fixtures; stac_api is in conftest)
 
 pytestmark = pytest.mark.slow  # the real app with real weights
 
