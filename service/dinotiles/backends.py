@@ -36,6 +36,7 @@ def open_encoder(
     precision: str = "fp32",
     providers: tuple[str, ...] = (),
     max_batch: int = 8,
+    threads: int = 0,
 ) -> WindowEncoder:
     """The encoder a server, the CLI or a benchmark runs; a setting it cannot honour raises (exit 2)."""
     backend = choose_backend(kind)
@@ -46,6 +47,6 @@ def open_encoder(
 
         encoder: WindowEncoder = TorchEncoder(bundle, precision)
     else:
-        encoder = Encoder.for_bundle(bundle, providers, precision, max_batch)
+        encoder = Encoder.for_bundle(bundle, providers, precision, max_batch, threads)
     logger.info("encoder: %s (%s)", backend, ", ".join(encoder.providers))
     return encoder

@@ -182,10 +182,15 @@ class Renderer:
     """A Ray actor: one engine (encoder, caches) for every source this worker renders."""
 
     def __init__(self, out: str) -> None:
+        import ray
+
         from dinotiles.core.bundle import load_bundle
         from dinotiles.server.settings import Settings
 
         settings = Settings.from_env()
+        if not settings.encoder_threads:  # each actor keeps to the CPUs Ray gave it (two on 2 cores: 1 each)
+            cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 0)
+            settings = settings.replace(encoder_threads=max(1, int(cpus)))
         self.engine = settings.open_engine(load_bundle(settings.bundle))
         self.policy = settings.source_policy()
         self.out = out

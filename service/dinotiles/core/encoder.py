@@ -163,6 +163,7 @@ class Encoder:
         precision: str = "fp32",
         max_batch: int = 8,
         cache_dir: Path | None = None,
+        threads: int = 0,
     ) -> None:
         if precision not in ("fp32", "fp16"):
             raise EncoderConfigError(
@@ -176,6 +177,8 @@ class Encoder:
         # no CPU arena: ORT's arena keeps a burst's peak for the process's life; without it large
         # buffers go back to the OS after each run (benchmarks/load.py measures RSS after a burst)
         options.enable_cpu_mem_arena = False
+        if threads > 0:  # several encoders on one machine (Ray actors): each keeps to its share of the cores
+            options.intra_op_num_threads = threads
         model: str | bytes = str(model_path)
         if precision == "fp16":
             model = half_precision(model_path)
@@ -187,11 +190,26 @@ class Encoder:
 
     @classmethod
     def for_bundle(
-        cls, bundle: Bundle, providers: tuple[str, ...] = (), precision: str = "fp32", max_batch: int = 8
+        cls,
+        bundle: Bundle,
+        providers: tuple[str, ...] = (),
+        precision: str = "fp32",
+        max_batch: int = 8,
+        threads: int = 0,
     ) -> Encoder:
         if not bundle.model_path.exists():
             raise BundleError(f"{bundle.model_path} is missing: this bundle serves with DINOTILES_ENCODER=torch only")
-        return cls(bundle.model_path, bundle.window, bundle.patch, bundle.codebook, providers, precision, max_batch)
+        return cls(
+            bundle.model_path,
+            bundle.window,
+            bundle.patch,
+            bundle.codebook,
+            providers,
+            precision,
+            max_batch,
+            None,
+            threads,
+        )
 
     def features(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """uint8 [B, 3, W, W] → patch tokens [B, g, g, D], CLS [B, D]."""

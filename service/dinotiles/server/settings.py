@@ -70,6 +70,7 @@ class Settings(BaseSettings):
     encoder: Literal["auto", "onnx", "torch"] = (
         "auto"  # auto: ORT on its GPU provider, else torch on CUDA, else ORT CPU
     )
+    encoder_threads: Annotated[int, Field(ge=0)] = 0  # ONNX Runtime threads (0: one per core)
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"  # fp16/bf16 on GPUs (IDs cached apart from fp32)
     max_url_length: PositiveInt = 8192  # request target (path + query) length; longer gets 414
     max_body_bytes: PositiveInt = 1_048_576  # request body; larger gets 413
@@ -143,7 +144,9 @@ class Settings(BaseSettings):
         from dinotiles.core.inference import InferenceQueue
         from dinotiles.core.shared_cache import SharedCache
 
-        encoder = open_encoder(bundle, self.encoder, self.precision, self.providers, self.batch_size)
+        encoder = open_encoder(
+            bundle, self.encoder, self.precision, self.providers, self.batch_size, self.encoder_threads
+        )
         shared = SharedCache(self.redis_url, self.redis_ttl_seconds) if self.redis_url else None
         queue = InferenceQueue(encoder, self.max_queue, self.batch_size, self.batch_wait_ms)
         return ClusterEngine(bundle, encoder, ByteLRU(self.cache_bytes), queue, shared)
