@@ -109,14 +109,20 @@ def cluster_tile_urls(page) -> list[str]:  # type: ignore[no-untyped-def]
     ]
 
 
-def test_viewer_shows_progress_while_clusters_are_computed(page, server: str) -> None:  # type: ignore[no-untyped-def]
+def texts_of(page, element_id: str) -> list[str]:  # type: ignore[no-untyped-def]
+    """Every text the element shows from the page's load on (progress lines come and go between polls)."""
     seen: list[str] = []
     page.expose_function("record", lambda text: seen.append(text))
     page.add_init_script(
-        "new MutationObserver(() => { const s = document.getElementById('status');"
+        f"new MutationObserver(() => {{ const s = document.getElementById('{element_id}');"
         " if (s && s.textContent) window.record(s.textContent); })"
         ".observe(document, {subtree: true, childList: true, characterData: true});"
     )
+    return seen
+
+
+def test_viewer_shows_progress_while_clusters_are_computed(page, server: str) -> None:  # type: ignore[no-untyped-def]
+    seen = texts_of(page, "status")
     page.goto(server + "/")
     page.wait_for_function("document.body.dataset.clustersLoaded === '1'", timeout=120_000)
     # imagery was there first, clusters came in with a count of what was pending
@@ -192,13 +198,7 @@ def test_search_imagery_in_view_and_open_an_item(page, server: str) -> None:  # 
 
 
 def test_group_searched_scenes_with_progress_and_thumbnails(page, server: str) -> None:  # type: ignore[no-untyped-def]
-    seen: list[str] = []
-    page.expose_function("record", lambda text: seen.append(text))
-    page.add_init_script(
-        "new MutationObserver(() => { const s = document.getElementById('scene-groups');"
-        " if (s && s.textContent) window.record(s.textContent); })"
-        ".observe(document, {subtree: true, childList: true, characterData: true});"
-    )
+    seen = texts_of(page, "scene-groups")
     page.goto(server + "/")
     page.wait_for_function("document.body.dataset.clustersLoaded === '1'", timeout=120_000)
     assert page.is_disabled("#scenes")
