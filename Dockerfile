@@ -81,4 +81,15 @@ RUN --mount=type=secret,id=cabundle \
  && /opt/dinotiles/bin/python -c "import importlib.metadata as m; m.version('onnxruntime-gpu')"
 USER 10001
 
+FROM gpu AS ray
+# the KubeRay image (infrastructure/kubernetes/ray): the GPU runtime plus Ray, boto3 and stac-pydantic
+# for `dinotiles batch`; Ray pinned to the rayVersion the RayJob declares (head and workers must agree)
+USER 0
+RUN --mount=type=secret,id=cabundle \
+    if [ -s /run/secrets/cabundle ]; then export PIP_CERT=/run/secrets/cabundle; fi \
+ && /opt/dinotiles/bin/pip install -q "$(ls /dist/dinotiles-*.whl)[batch]" "ray[default]==2.60.0" \
+ && /opt/dinotiles/bin/dinotiles batch --help > /dev/null
+USER 10001
+CMD ["ray", "start", "--head", "--block"]
+
 FROM runtime AS cpu

@@ -35,8 +35,11 @@ def oam_images() -> list[Path]:
     return images
 
 
-def engine(bundle: Bundle, cache_bytes: int = 1 << 30) -> ClusterEngine:
-    return ClusterEngine(bundle, Encoder.for_bundle(bundle), ByteLRU(cache_bytes))
+def engine(
+    bundle: Bundle, cache_bytes: int = 1 << 30, blend: bool = True, encoder: Encoder | None = None
+) -> ClusterEngine:
+    """An engine with empty caches (``encoder``: reuse one already loaded)."""
+    return ClusterEngine(bundle, encoder or Encoder.for_bundle(bundle), ByteLRU(cache_bytes), blend=blend)
 
 
 def settings_for(*roots: Path) -> Settings:

@@ -7,7 +7,11 @@
    neighbouring patches across a window line, over the step between neighbours elsewhere. 1.0 means
    window lines are invisible.
 
-    python -m benchmarks.consistency [COG ...] [--shift 13] [--groups 16]
+Each is printed for the served method (features blended across the windows that see a patch)
+and without blending (each patch from one window only), with the cost: windows encoded per km² for
+the whole scene, and windows and latency of cold z18 tiles one at a time (median of ``--tiles``).
+
+    python -m benchmarks.consistency [COG ...] [--shift 13] [--groups 16] [--tiles 5]
 """
 
 from __future__ import annotations
@@ -74,32 +78,61 @@ def window_line_ratio(ids: np.ndarray, core: int, colors: np.ndarray) -> float:
     return float(np.concatenate(across).mean() / np.concatenate(inside).mean())
 
 
+def cold_tiles(bundle, encoder, path: Path, blend: bool, n: int, z: int = 18) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """Median windows encoded and seconds for ``n`` z-``z`` tiles near the centre, each from empty caches."""
+    from benchmarks.common import TMS
+
+    windows, seconds = [], []
+    with open_reader(engine(bundle, blend=blend, encoder=encoder), path) as probe:
+        w, s, e, n_ = probe.geographic_bounds()
+    centre = TMS.tile((w + e) / 2, (s + n_) / 2, z)
+    for k in range(n):
+        eng = engine(bundle, blend=blend, encoder=encoder)
+        with open_reader(eng, path) as src:
+            start = time.perf_counter()
+            src.tile(centre.x + k - n // 2, centre.y, z)
+            seconds.append(time.perf_counter() - start)
+        windows.append(eng.windows_encoded)
+    return float(np.median(windows)), float(np.median(seconds))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("images", nargs="*", type=Path, help="COGs at 0.25 m (default: the two OAM scenes)")
     parser.add_argument("--shift", type=int, default=13)
     parser.add_argument("--groups", type=int, default=16)
+    parser.add_argument("--tiles", type=int, default=5, help="cold z18 tiles timed per variant (0: none)")
     args = parser.parse_args()
-    bundle = demo_bundle()
+    from dinotiles.core.encoder import Encoder
+
+    encoder = Encoder.for_bundle(bundle := demo_bundle())
     images = args.images or oam_images()
     labels = bundle.codebook.groups(args.groups)
     print(f"machine: {machine()}; K={bundle.codebook.k}, window {bundle.window} px, shift {args.shift} patches")
     for image in images:
-        eng = engine(bundle)
-        start = time.perf_counter()
-        a, core = render_ids(eng, image)
-        with tempfile.TemporaryDirectory() as tmp:
-            b, _ = render_ids(engine(bundle), crop(image, Path(tmp) / "shifted.tif", args.shift))
-        elapsed = time.perf_counter() - start
-        agree = shift_agreement(a, b, args.shift)
-        grouped = shift_agreement(a, b, args.shift, labels)
-        ratio = window_line_ratio(a, core, bundle.codebook.colors)
-        km2 = (a != NODATA).sum() * (bundle.patch * bundle.gsd) ** 2 / 1e6
-        print(
-            f"{image.name}: shift agreement {agree * 100:.1f} % (K={bundle.codebook.k}), "
-            f"{grouped * 100:.1f} % ({args.groups} groups); window-line colour ratio {ratio:.2f}; "
-            f"{eng.windows_encoded / km2:.0f} windows/km²; {elapsed:.0f} s for both renders"
-        )
+        for blend in (True, False):
+            eng = engine(bundle, blend=blend, encoder=encoder)
+            start = time.perf_counter()
+            a, core = render_ids(eng, image)
+            with tempfile.TemporaryDirectory() as tmp:
+                shifted = crop(image, Path(tmp) / "shifted.tif", args.shift)
+                b, _ = render_ids(engine(bundle, blend=blend, encoder=encoder), shifted)
+            elapsed = time.perf_counter() - start
+            agree = shift_agreement(a, b, args.shift)
+            grouped = shift_agreement(a, b, args.shift, labels)
+            ratio = window_line_ratio(a, core, bundle.codebook.colors)
+            km2 = (a != NODATA).sum() * (bundle.patch * bundle.gsd) ** 2 / 1e6
+            cold = ""
+            if args.tiles:
+                windows, seconds = cold_tiles(bundle, encoder, image, blend, args.tiles)
+                cold = f"; cold z18 tile: {windows:.0f} windows, {seconds:.1f} s (median of {args.tiles})"
+            print(
+                f"{image.name} {'blended' if blend else 'one window'}: shift agreement {agree * 100:.1f} % "
+                f"(K={bundle.codebook.k}), {grouped * 100:.1f} % ({args.groups} groups); window-line colour "
+                f"ratio {ratio:.2f}; {eng.windows_encoded / km2:.0f} windows/km²; {elapsed:.0f} s for both "
+                f"renders{cold}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

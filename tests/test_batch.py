@@ -91,7 +91,7 @@ def test_a_killed_ray_worker_is_survived(env, sample: Path, tmp_path: Path, caps
                 title = (proc / "cmdline").read_bytes()
             except OSError:
                 continue
-            if b"ray::Renderer.render" in title:  # Ray names a worker by the task it runs
+            if b"ray::Renderer.band" in title:  # Ray names a worker by the task it runs
                 os.kill(int(proc.name), signal.SIGKILL)  # it dies in the middle of rendering a scene
                 killed = int(proc.name)
                 break
@@ -154,3 +154,100 @@ def test_batch_writes_to_s3_and_resumes_there(env, s3, sample: Path, capsys) -> 
     capsys.readouterr()
     assert main(["batch", str(sample), "--out", "s3://results/run1", "--workers", "1"]) == 0
     assert "0 done, 1 skipped" in capsys.readouterr().out
+
+
+def test_results_are_served_at_every_zoom_and_reused(
+    env, http_server, stac_api: str, monkeypatch, app_settings, bundle, tmp_path: Path, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    """`dinotiles batch` over a STAC search → /collections/{id} tiles at z12, z15, z19 equal the items'
+    IDs resampled; an on-the-fly tile of a covered source reads them (no window encoded) and equals
+    the tile the engine encodes."""
+    import io
+
+    import morecantile
+    from fastapi.testclient import TestClient
+    from rio_tiler.io import Reader
+
+    from dinotiles.server.app import create_app
+
+    monkeypatch.setenv("DINOTILES_STAC_URL", stac_api)
+    out = tmp_path / "results"
+    assert (
+        main(
+            [
+                "batch",
+                "--collections",
+                "aerial",
+                "--out",
+                str(out),
+                "--workers",
+                "2",
+                "--collection-id",
+                "aerial-clusters",
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    settings = app_settings.replace(
+        results=(str(tmp_path),), allowed_hosts=(*app_settings.allowed_hosts, http_server.removeprefix("http://"))
+    )
+    tms = morecantile.tms.get("WebMercatorQuad")
+    with TestClient(create_app(settings, bundle), raise_server_exceptions=False) as client:
+        listed = client.get("/collections").json()["collections"]
+        assert [c["id"] for c in listed] == ["aerial-clusters"] and listed[0]["items"] == 3
+        tj = client.get("/collections/aerial-clusters/WebMercatorQuad/tilejson.json").json()
+        assert tj["minzoom"] == 0 and tj["maxzoom"] >= 19 and "/collections/aerial-clusters/tiles/" in tj["tiles"][0]
+        w, s, e, n = tj["bounds"]
+        ids_cog = out / "scene-0" / "cluster_ids.tif"
+        for z in (12, 15, 19):
+            t = tms.tile((w + e) / 2, (s + n) / 2, z)
+            r = client.get(f"/collections/aerial-clusters/tiles/WebMercatorQuad/{z}/{t.x}/{t.y}.npy")
+            assert r.status_code == 200, r.text
+            got = np.load(io.BytesIO(r.content))
+            with Reader(str(ids_cog)) as src:
+                want = src.tile(t.x, t.y, z, resampling_method="nearest", reproject_method="nearest").array.filled(
+                    65535
+                )
+            assert np.array_equal(got.reshape(want.shape), want), z
+            assert (got != 65535).any(), z
+            png = client.get(
+                f"/collections/aerial-clusters/tiles/WebMercatorQuad/{z}/{t.x}/{t.y}.png", params={"groups": 8}
+            )
+            assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+        # statistics over the collection from precomputed IDs: no inference, and the items named
+        before = client.app.state.engine.windows_encoded
+        stats = client.get("/collections/aerial-clusters/statistics", params={"bbox": f"{w},{s},{e},{n}"}).json()
+        assert stats["valid_patches"] > 0 and sorted(stats["items"]) == ["scene-0", "scene-1", "scene-2"]
+        point = client.get(f"/collections/aerial-clusters/point/{(w + e) / 2},{(s + n) / 2}").json()
+        assert point["item"] in ("scene-0", "scene-1", "scene-2") and point["cluster"] is not None
+        assert client.get("/collections/nope/WebMercatorQuad/tilejson.json").status_code == 404
+        far = client.get("/collections/aerial-clusters/tiles/WebMercatorQuad/12/0/0.png")
+        assert far.status_code == 404 and "detail" in far.json()
+        # the on-the-fly route for a source the batch covered: read, not encoded
+        href = json.loads((out / "scene-0" / "item.json").read_text())["properties"]["dinotiles:source"].split("#")[0]
+        t = tms.tile((w + e) / 2, (s + n) / 2, 19)
+        reused = client.get(f"/cog/tiles/WebMercatorQuad/19/{t.x}/{t.y}.npy", params={"url": href})
+        assert reused.status_code == 200, reused.text
+        assert client.app.state.engine.windows_encoded == before == 0
+    with TestClient(create_app(settings.replace(results=()), bundle)) as fresh:
+        encoded = fresh.get(f"/cog/tiles/WebMercatorQuad/19/{t.x}/{t.y}.npy", params={"url": href})
+        assert fresh.app.state.engine.windows_encoded > 0
+    assert np.array_equal(np.load(io.BytesIO(reused.content)), np.load(io.BytesIO(encoded.content)))
+
+
+def test_scene_clustering_on_ray_equals_the_local_run(env, stac_api: str, monkeypatch, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """`scenes cluster --ray`: item summaries computed by Ray actors, the clustering on the driver; the
+    answer is the one the single-process run gives."""
+    monkeypatch.setenv("DINOTILES_STAC_URL", stac_api)
+    local, remote = tmp_path / "local.json", tmp_path / "ray.json"
+    assert main(["scenes", "cluster", "--collections", "aerial", "--out", str(local)]) == 0
+    args = ["scenes", "cluster", "--collections", "aerial", "--ray", "--workers", "2", "--out", str(remote)]
+    assert main(args) == 0
+    capsys.readouterr()
+    a, b = json.loads(local.read_text()), json.loads(remote.read_text())
+    assert len(a["items"]) == 3 and [s["id"] for s in a["skipped"]] == ["no-raster"]
+    # the same items, clusters and representatives (probabilities to float noise: other ORT threads)
+    assert [(i["id"], i["cluster"]) for i in a["items"]] == [(i["id"], i["cluster"]) for i in b["items"]]
+    assert a["k"] == b["k"] and a["representatives"] == b["representatives"] and a["skipped"] == b["skipped"]
+    assert np.allclose([i["probability"] for i in a["items"]], [i["probability"] for i in b["items"]], atol=1e-3)

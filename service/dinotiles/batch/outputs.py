@@ -29,6 +29,12 @@ class Output(Protocol):
 
     def write_json(self, name: str, data: dict[str, Any]) -> None: ...
 
+    def read_json(self, name: str) -> dict[str, Any] | None: ...
+
+    def children(self) -> list[str]: ...
+
+    def href(self, *parts: str) -> str: ...
+
 
 def _same(item: dict[str, Any], expected: dict[str, Any]) -> bool:
     props = item.get("properties", {})
@@ -36,10 +42,11 @@ def _same(item: dict[str, Any], expected: dict[str, Any]) -> bool:
 
 
 class LocalOutput:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, create: bool = True) -> None:
         self.root = root
         self.url = str(root)
-        root.mkdir(parents=True, exist_ok=True)
+        if create:
+            root.mkdir(parents=True, exist_ok=True)
 
     def is_done(self, item_id: str, expected: dict[str, Any]) -> bool:
         folder = self.root / item_id
@@ -60,6 +67,20 @@ class LocalOutput:
 
     def write_json(self, name: str, data: dict[str, Any]) -> None:
         (self.root / name).write_text(json.dumps(data, indent=1) + "\n")
+
+    def read_json(self, name: str) -> dict[str, Any] | None:
+        try:
+            data = json.loads((self.root / name).read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def children(self) -> list[str]:
+        """Sub-folders (each may be a collection of its own)."""
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []
+
+    def href(self, *parts: str) -> str:
+        return str(self.root.joinpath(*parts))
 
 
 class S3Output:
@@ -120,7 +141,19 @@ class S3Output:
         body = (json.dumps(data, indent=1) + "\n").encode()
         self.s3.put_object(Bucket=self.bucket, Key=self._key(name), Body=body, ContentType="application/json")
 
+    def read_json(self, name: str) -> dict[str, Any] | None:
+        return self._get_json(self._key(name))
 
-def open_output(url: str | Path) -> Output:
+    def children(self) -> list[str]:
+        prefix = self._key() and self._key() + "/"
+        pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/")
+        return sorted(cp["Prefix"][len(prefix) :].strip("/") for page in pages for cp in page.get("CommonPrefixes", []))
+
+    def href(self, *parts: str) -> str:
+        return f"s3://{self.bucket}/{self._key(*parts)}"
+
+
+def open_output(url: str | Path, create: bool = True) -> Output:
+    """Where results go (``create``: make a missing directory) or are read from."""
     text = str(url)
-    return S3Output(text) if text.startswith("s3://") else LocalOutput(Path(text))
+    return S3Output(text) if text.startswith("s3://") else LocalOutput(Path(text), create)

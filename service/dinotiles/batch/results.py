@@ -48,9 +48,18 @@ def fingerprints(bundle: Bundle, engine_fingerprint: str) -> dict[str, Any]:
 
 
 def result_item(
-    spec: SourceSpec, bounds_wgs84: tuple[float, float, float, float], bundle: Bundle, prints: dict[str, Any]
+    spec: SourceSpec,
+    bounds_wgs84: tuple[float, float, float, float],
+    bundle: Bundle,
+    prints: dict[str, Any],
+    source_key: str,
 ) -> dict[str, Any]:
-    """The STAC item of one source's results (asset hrefs relative to the item)."""
+    """The STAC item of one source's results (asset hrefs relative to the item).
+
+    ``dinotiles:source`` is the source's identity as the server's cache knows it (URL and version):
+    an on-the-fly request for the same source at the same version reads these IDs instead of
+    encoding (``DINOTILES_RESULTS``).
+    """
     w, s, e, n = bounds_wgs84
     when = (spec.item or {}).get("properties", {}).get("datetime") or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     colors = bundle.codebook.colors
@@ -71,6 +80,7 @@ def result_item(
         "properties": {
             "datetime": when,
             "gsd": bundle.gsd * bundle.patch,
+            "dinotiles:source": source_key,
             **prints,
             **({"providers": providers} if providers else {}),
         },

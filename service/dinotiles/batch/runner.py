@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,8 +44,41 @@ class Summary:
         )
 
 
-def render_source(engine: Any, policy: Any, spec: SourceSpec, out: str, prints: dict[str, Any]) -> dict[str, Any]:
-    """One source → its results, rendered in a local scratch folder, then published (item.json last)."""
+BAND_ROWS = 6  # block rows per task (6 × 91 m): a scene spreads over workers; blending re-reads 2 rows a band
+
+
+def _open(engine: Any, policy: Any, spec: SourceSpec) -> Any:
+    """The source as `render` opens it: a path the operator named as is; anything from a STAC API
+    (or any URL) through the URL guard."""
+    from dinotiles.core.limits import RequestLimits
+    from dinotiles.core.reader import cluster_reader
+    from dinotiles.core.sources import Source, resolve_source
+
+    local = spec.item is None and not spec.href.startswith(("http://", "https://", "s3://"))
+    source = Source.local(str(Path(spec.href).resolve())) if local else resolve_source(spec.href, policy)
+    return cluster_reader(engine, policy, RequestLimits())(source)
+
+
+def plan_source(engine: Any, policy: Any, spec: SourceSpec) -> list[tuple[int, int]]:
+    """The source's bands of block rows, [i0, i1), each one task."""
+    with _open(engine, policy, spec) as src:
+        rows = src.view.grid.window_rows
+    return [(i0, min(rows, i0 + BAND_ROWS)) for i0 in range(0, rows, BAND_ROWS)]
+
+
+def render_band(engine: Any, policy: Any, spec: SourceSpec, i0: int, i1: int) -> Any:
+    """Cluster IDs of block rows [i0, i1): patch rows [i0 × core, i1 × core) clipped to the scene."""
+    from dinotiles.core.render import band_ids
+
+    with _open(engine, policy, spec) as src:
+        return band_ids(engine, src.view, i0, i1)
+
+
+def publish_source(
+    engine: Any, policy: Any, spec: SourceSpec, out: str, prints: dict[str, Any], bands: list[Any], started: float
+) -> dict[str, Any]:
+    """The bands joined into the scene's COGs and STAC item, written in a scratch folder, then
+    published (item.json last)."""
     import json
     import tempfile
 
@@ -52,28 +87,22 @@ def render_source(engine: Any, policy: Any, spec: SourceSpec, out: str, prints: 
 
     from dinotiles.core.colors import colorize
     from dinotiles.core.encoder import NODATA
-    from dinotiles.core.limits import RequestLimits
-    from dinotiles.core.reader import cluster_reader
-    from dinotiles.core.render import scene_ids, write_cog
-    from dinotiles.core.sources import Source, resolve_source
+    from dinotiles.core.render import write_cog
 
-    started = time.perf_counter()
-    local = spec.item is None and not spec.href.startswith(("http://", "https://", "s3://"))
-    # a path the operator named is opened as `render` does; anything from a STAC API passes the URL guard
-    source = Source.local(str(Path(spec.href).resolve())) if local else resolve_source(spec.href, policy)
-    reader = cluster_reader(engine, policy, RequestLimits())
     output = open_output(out)
-    with tempfile.TemporaryDirectory(prefix="dinotiles-batch-") as tmp:
+    ids = np.concatenate(bands, axis=0)
+    with tempfile.TemporaryDirectory(prefix="dinotiles-batch-") as tmp, _open(engine, policy, spec) as src:
+        view = src.view
+        if ids.shape != (view.grid.rows, view.grid.cols):
+            shape = (view.grid.rows, view.grid.cols)
+            raise RuntimeError(f"{spec.id}: the bands make {ids.shape}, the scene is {shape}")
         part = Path(tmp) / spec.id
         part.mkdir()
-        with reader(source) as src:
-            view = src.view
-            ids = scene_ids(engine, view, progress=False)
-            rgb, alpha = colorize(ids[None], engine.bundle.codebook.colors)
-            write_cog(part / "clusters.tif", np.concatenate([rgb, alpha[None]]), view, None)
-            write_cog(part / "cluster_ids.tif", ids[None], view, NODATA, resampling="mode")
-            bounds = transform_bounds(view.grid.crs, "EPSG:4326", *view.grid.bounds(), densify_pts=21)
-        item = result_item(spec, bounds, engine.bundle, prints)
+        rgb, alpha = colorize(ids[None], engine.bundle.codebook.colors)
+        write_cog(part / "clusters.tif", np.concatenate([rgb, alpha[None]]), view, None)
+        write_cog(part / "cluster_ids.tif", ids[None], view, NODATA, resampling="mode")
+        bounds = transform_bounds(view.grid.crs, "EPSG:4326", *view.grid.bounds(), densify_pts=21)
+        item = result_item(spec, bounds, engine.bundle, prints, view.key)
         (part / "item.json").write_text(json.dumps(item, indent=1) + "\n")
         output.publish(spec.id, part)
     return {"id": spec.id, "patches": int((ids != NODATA).sum()), "seconds": time.perf_counter() - started}
@@ -82,6 +111,46 @@ def render_source(engine: Any, policy: Any, spec: SourceSpec, out: str, prints: 
 def _worker_env() -> dict[str, str]:
     keep = ("DINOTILES_", "AWS_", "GDAL_", "CPL_")
     return {k: v for k, v in os.environ.items() if k.startswith(keep)}
+
+
+@contextmanager
+def ray_cluster(address: str | None, workers: int | None) -> Iterator[None]:
+    """Ray at ``address`` (or RAY_ADDRESS), else a local one with ``workers`` CPUs, shut down after."""
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    init: dict[str, Any] = {"ignore_reinit_error": True, "include_dashboard": False, "log_to_driver": False}
+    init["runtime_env"] = {"env_vars": _worker_env()}
+    if address:
+        init["address"] = address
+    else:
+        init["num_cpus"] = workers or os.cpu_count() or 1
+    ray.init(**init)
+    try:
+        yield
+    finally:
+        if not address:
+            ray.shutdown()
+
+
+def scene_vectors(hrefs: list[str], feature: str, address: str | None, workers: int | None) -> list[Any]:
+    """One summary vector per source (``scenes cluster --ray``), computed by actors in parallel, in order."""
+    import ray
+    from ray.util import ActorPool
+
+    with ray_cluster(address, workers):
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        per_worker = {"num_gpus": 1} if gpus else {"num_cpus": 1}
+        n = max(1, min(len(hrefs), workers or (gpus or int(ray.cluster_resources().get("CPU", 1)))))
+        summarizer = ray.remote(Renderer).options(max_restarts=2, max_task_retries=2, **per_worker)  # type: ignore[attr-defined]
+        pool = ActorPool([summarizer.remote("") for _ in range(n)])
+        bar = tqdm(total=len(hrefs), desc="scenes", unit="item")
+        vectors = []
+        for vector in pool.map(lambda actor, href: actor.vector.remote(href, feature), hrefs):
+            vectors.append(vector)
+            bar.update(1)
+        bar.close()
+        return vectors
 
 
 def run(
@@ -94,15 +163,14 @@ def run(
     progress: bool = True,
 ) -> Summary:
     """Render every spec not already done into ``out``; write collection.json; return the summary."""
-    import ray
-
     from dinotiles.core.bundle import load_bundle
+    from dinotiles.core.engine import fingerprint_for
     from dinotiles.server.settings import Settings
 
     settings = Settings.from_env()
     bundle = load_bundle(settings.bundle)
-    tag = "" if settings.precision == "fp32" else f"-{settings.precision}"
-    prints = fingerprints(bundle, bundle.fingerprint + tag)
+    tag = "" if settings.precision == "fp32" else f"-{settings.precision}"  # the encoders' cache_tag
+    prints = fingerprints(bundle, fingerprint_for(bundle, tag, settings.blend))
     output = open_output(out)
     summary = Summary()
     todo = []
@@ -113,22 +181,23 @@ def run(
             todo.append(spec)
     started = time.perf_counter()
     if todo:
-        address = address or os.environ.get("RAY_ADDRESS")
-        init: dict[str, Any] = {"ignore_reinit_error": True, "include_dashboard": False, "log_to_driver": False}
-        init["runtime_env"] = {"env_vars": _worker_env()}
-        if address:
-            init["address"] = address
-        else:
-            init["num_cpus"] = workers or os.cpu_count() or 1
-        ray.init(**init)
-        try:
+        with ray_cluster(address, workers):
             _schedule(todo, out, prints, summary, workers, retries, progress)
-        finally:
-            if not address:
-                ray.shutdown()
     summary.seconds = time.perf_counter() - started
     write_collection(output, collection_id, bundle, prints)
     return summary
+
+
+@dataclass
+class _Scene:
+    """One source in flight: its bands' IDs as they come, and its attempts so far."""
+
+    spec: SourceSpec
+    started: float
+    attempt: int = 0
+    bands: dict[int, Any] = field(default_factory=dict)
+    expected: int = 0
+    failed: bool = False
 
 
 def _schedule(
@@ -140,46 +209,82 @@ def _schedule(
     retries: int,
     progress: bool,
 ) -> None:
+    """Tasks on a pool of actors: plan a scene (its bands), render each band anywhere, join and
+    publish the scene. A task that fails is tried again (a dead worker is replaced first); a scene
+    whose task still fails after ``retries`` is reported and the others go on."""
     import ray
     from ray.exceptions import RayActorError, RayTaskError
 
     gpus = int(ray.cluster_resources().get("GPU", 0))
     per_worker = {"num_gpus": 1} if gpus else {"num_cpus": 1}
-    n = min(len(todo), workers or (gpus or int(ray.cluster_resources().get("CPU", 1))))
+    n = max(1, workers or (gpus or int(ray.cluster_resources().get("CPU", 1))))
     renderer = ray.remote(Renderer).options(max_restarts=2, max_task_retries=2, **per_worker)  # type: ignore[attr-defined]
     actors = [renderer.remote(out) for _ in range(n)]
-    queue: deque[tuple[SourceSpec, int]] = deque((s, 0) for s in todo)
-    pending: dict[Any, tuple[SourceSpec, int, int]] = {}
+    scenes = {spec.id: _Scene(spec, time.perf_counter()) for spec in todo}
+    # (kind, scene id, band index or -1, band) — bands go first so that a started scene finishes
+    queue: deque[tuple[str, str, int, tuple[int, int]]] = deque(("plan", s.id, -1, (0, 0)) for s in todo)
+    pending: dict[Any, tuple[str, str, int, tuple[int, int], int]] = {}
     idle = list(range(n))
     bar = tqdm(total=len(todo), desc="batch", unit="item", disable=not progress)
     while queue or pending:
         while queue and idle:
             a = idle.pop()
-            spec, attempt = queue.popleft()
-            pending[actors[a].render.remote(spec, prints)] = (spec, attempt, a)  # type: ignore[attr-defined]
+            kind, sid, k, band = task = queue.popleft()
+            scene = scenes[sid]
+            if scene.failed:
+                idle.append(a)
+                continue
+            actor = actors[a]
+            if kind == "plan":
+                ref = actor.plan.remote(scene.spec)  # type: ignore[attr-defined]
+            elif kind == "band":
+                ref = actor.band.remote(scene.spec, *band)  # type: ignore[attr-defined]
+            else:
+                parts = [scene.bands[i] for i in range(scene.expected)]
+                ref = actor.publish.remote(scene.spec, prints, scene.started, *parts)  # type: ignore[attr-defined]
+            pending[ref] = (*task, a)
         ready, _ = ray.wait(list(pending), num_returns=1)
-        spec, attempt, a = pending.pop(ready[0])
+        kind, sid, k, band, a = pending.pop(ready[0])
         idle.append(a)
+        scene = scenes[sid]
         try:
-            summary.done.append(ray.get(ready[0]))
-            bar.update(1)
-            continue
+            result = ray.get(ready[0])
         except RayActorError:  # the worker is gone for good: a fresh one takes its place
             actors[a] = renderer.remote(out)
             error = "the Ray worker died"
         except RayTaskError as exc:
             cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else exc
             error = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-        if attempt < retries:
-            queue.append((spec, attempt + 1))
         else:
-            summary.failed.append({"id": spec.id, "error": error})
+            if scene.failed:
+                continue
+            if kind == "plan":
+                scene.expected = len(result)
+                queue.extendleft(reversed([("band", sid, i, b) for i, b in enumerate(result)]))
+            elif kind == "band":
+                scene.bands[k] = result
+                if len(scene.bands) == scene.expected:
+                    queue.appendleft(("publish", sid, -1, (0, 0)))
+            else:
+                summary.done.append(result)
+                scene.bands.clear()
+                bar.update(1)
+            continue
+        if scene.failed:
+            continue
+        if scene.attempt < retries:
+            scene.attempt += 1
+            queue.append((kind, sid, k, band))
+        else:
+            scene.failed = True
+            scene.bands.clear()
+            summary.failed.append({"id": sid, "error": error})
             bar.update(1)
     bar.close()
 
 
 class Renderer:
-    """A Ray actor: one engine (encoder, caches) for every source this worker renders."""
+    """A Ray actor: one engine (encoder, caches) for every source this worker renders or summarises."""
 
     def __init__(self, out: str) -> None:
         import ray
@@ -195,8 +300,34 @@ class Renderer:
         self.policy = settings.source_policy()
         self.out = out
 
-    def render(self, spec: SourceSpec, prints: dict[str, Any]) -> dict[str, Any]:
-        try:
-            return render_source(self.engine, self.policy, spec, self.out, prints)
-        except DinotilesError as exc:
-            raise RuntimeError(f"{spec.id}: {exc}") from None
+    def vector(self, href: str, feature: str) -> Any:
+        """The scene summary of one source (asset hrefs come from a STAC API: guarded like any URL)."""
+        from dinotiles.core.limits import RequestLimits
+        from dinotiles.core.reader import cluster_reader
+        from dinotiles.core.sources import resolve_source
+        from dinotiles.stac.summary import item_feature
+
+        reader = cluster_reader(self.engine, self.policy, RequestLimits())
+        with _plain_errors(SourceSpec(href, href)), reader(resolve_source(href, self.policy)) as src:
+            return item_feature(self.engine, src.view, feature)
+
+    def plan(self, spec: SourceSpec) -> list[tuple[int, int]]:
+        with _plain_errors(spec):
+            return plan_source(self.engine, self.policy, spec)
+
+    def band(self, spec: SourceSpec, i0: int, i1: int) -> Any:
+        with _plain_errors(spec):
+            return render_band(self.engine, self.policy, spec, i0, i1)
+
+    def publish(self, spec: SourceSpec, prints: dict[str, Any], started: float, *bands: Any) -> dict[str, Any]:
+        with _plain_errors(spec):
+            return publish_source(self.engine, self.policy, spec, self.out, prints, list(bands), started)
+
+
+@contextmanager
+def _plain_errors(spec: SourceSpec) -> Iterator[None]:
+    """Our errors reach the driver as one line naming the item (no traceback of ours to unpickle)."""
+    try:
+        yield
+    except DinotilesError as exc:
+        raise RuntimeError(f"{spec.id}: {exc}") from None

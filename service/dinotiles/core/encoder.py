@@ -72,6 +72,25 @@ def assignment_terms(codebook: Codebook) -> AssignmentTerms:
     return AssignmentTerms(cosine, projector, np.ascontiguousarray(c.T), bias)
 
 
+def nearest_centroids(terms: AssignmentTerms, features: np.ndarray) -> np.ndarray:
+    """Features [N, D] → uint16 IDs [N] on the CPU with numpy: the same arithmetic as the ONNX graph.
+
+    The engine assigns *blended* features (a patch seen by several windows) here, whatever backend
+    encoded them, so every backend's tiles go through one matching step.
+    """
+    f = np.asarray(features, dtype=np.float32)
+    if terms.normalize:
+        f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+    if terms.projector is not None:
+        f = f @ terms.projector
+        if terms.normalize:
+            f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+    scores = f @ terms.centroids_t
+    if terms.bias is not None:
+        scores = scores - terms.bias
+    return np.asarray(scores.argmax(axis=1), dtype=np.uint16)
+
+
 def assignment_graph(codebook: Codebook) -> bytes:
     """A tiny ONNX graph: features [N, D] → nearest centroid IDs [N].
 

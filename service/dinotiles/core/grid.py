@@ -112,9 +112,6 @@ class Grid:
             for j in range(c0 // self.core, (c1 - 1) // self.core + 1):
                 yield i, j
 
-    def count_windows(self, r0: int, r1: int, c0: int, c1: int) -> int:
-        return ((r1 - 1) // self.core - r0 // self.core + 1) * ((c1 - 1) // self.core - c0 // self.core + 1)
-
     def patch_at(self, x: float, y: float) -> tuple[int, int] | None:
         col = math.floor((x - self.x0) / self.cell)
         row = math.floor((self.y0 - y) / self.cell)

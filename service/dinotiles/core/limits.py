@@ -137,6 +137,6 @@ def parse_bbox(text: str) -> tuple[float, float, float, float]:
 class RequestLimits:
     """How much inference one request may cause (the server's settings fill it in)."""
 
-    max_windows: int = 25  # per tile: sets minzoom
-    max_request_windows: int = 100  # per statistics/point request
+    max_windows: int = 36  # per tile, with the blending ring: sets minzoom
+    max_request_windows: int = 121  # per statistics/point request
     max_stats_area_m2: float = 500_000.0

@@ -109,7 +109,7 @@ class ClusterReader(GuardedReader):
     @property
     def minzoom(self) -> int:
         """Lowest zoom whose worst-case tile fits in the window budget (memoised per source, TMS, budget)."""
-        memo = (self.engine.bundle.fingerprint, self.view.key, self.tms.id, self.limits.max_windows)
+        memo = (self.engine.fingerprint, self.view.key, self.tms.id, self.limits.max_windows)
         return int(_ZOOMS.get(memo, self._compute_minzoom))
 
     def _compute_minzoom(self) -> int:
@@ -117,7 +117,7 @@ class ClusterReader(GuardedReader):
         lon, lat = transform(grid.crs, WGS84, [grid.centre()[0]], [grid.centre()[1]])
         for z in range(self.maxzoom, self.tms.minzoom - 1, -1):
             rows, cols = self._tile_patch_span(lon[0], lat[0], z)
-            if (math.ceil(rows / grid.core) + 1) * (math.ceil(cols / grid.core) + 1) > self.limits.max_windows:
+            if self.engine.worst_case_windows(grid, rows, cols) > self.limits.max_windows:
                 return z + 1
         return self.tms.minzoom
 
@@ -136,6 +136,11 @@ class ClusterReader(GuardedReader):
 
     def geographic_bounds(self) -> tuple[float, float, float, float]:
         return self.get_geographic_bounds(WGS84)
+
+    @property
+    def identity(self) -> str:
+        """The source's version as caches and ETags know it."""
+        return self.view.key
 
     # -- reads -------------------------------------------------------------
     def tile(self, tile_x: int, tile_y: int, tile_z: int, tilesize: int | None = 256, **kwargs: Any) -> ImageData:  # type: ignore[override]
@@ -180,7 +185,9 @@ class ClusterReader(GuardedReader):
         rc = grid.patch_at(xs[0], ys[0])
         if rc is None:
             raise TileOutsideBounds(f"point ({lon}, {lat}) is outside the image")
-        value = int(self.engine.mosaic(self.view, rc[0], rc[0] + 1, rc[1], rc[1] + 1, limit=1)[0, 0])
+        row, col = rc
+        ids = self.engine.mosaic(self.view, row, row + 1, col, col + 1, limit=self.limits.max_request_windows)
+        value = int(ids[0, 0])
         return {"cluster": None if value == NODATA else value, "patch": {"row": rc[0], "col": rc[1]}}
 
     def cluster_counts(self, bbox: tuple[float, float, float, float]) -> tuple[np.ndarray, int]:
@@ -203,7 +210,7 @@ class ClusterReader(GuardedReader):
                 spans.append((part, span))
         if not spans:
             raise TileOutsideBounds("bbox does not intersect the image")
-        windows = sum(grid.count_windows(*span) for _, span in spans)
+        windows = sum(self.engine.windows_needed(grid, *span) for _, span in spans)
         if windows > self.limits.max_request_windows:
             raise RequestTooLarge(
                 f"the bbox needs {windows} inference windows, over DINOTILES_MAX_REQUEST_WINDOWS="

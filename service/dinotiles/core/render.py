@@ -16,13 +16,30 @@ from dinotiles.core.engine import ClusterEngine, SourceView
 
 
 def scene_ids(engine: ClusterEngine, view: SourceView, progress: bool = True) -> np.ndarray:
-    """All patches of the source, window row by window row, through the engine's cache."""
+    """All patches of the source, block row by block row, through the engine's caches."""
+    return band_ids(engine, view, 0, view.grid.window_rows, progress)
+
+
+def band_ids(engine: ClusterEngine, view: SourceView, i0: int, i1: int, progress: bool = False) -> np.ndarray:
+    """Patch rows [i0 × core, i1 × core) of the source (clipped to it), block row by block row.
+
+    Each window is encoded once: the features of the window rows the next block row still needs
+    (its own and the ones above and below) are held here, not left to the feature cache's size.
+    A band of B rows encodes B + 2 window rows when blending (its neighbours' bands share two).
+    """
     grid = view.grid
-    out = np.full((grid.rows, grid.cols), NODATA, np.uint16)
-    step = grid.core
-    for r0 in tqdm(range(0, grid.rows, step), desc="rendering", unit="row", disable=not progress):
-        r1 = min(grid.rows, r0 + step)
-        out[r0:r1] = engine.mosaic(view, r0, r1, 0, grid.cols)
+    core = grid.core
+    top, bottom = i0 * core, min(grid.rows, i1 * core)
+    out = np.full((bottom - top, grid.cols), NODATA, np.uint16)
+    held: dict[tuple[int, int], np.ndarray] = {}
+    for i in tqdm(range(i0, i1), desc="rendering", unit="row", disable=not progress):
+        blocks = engine.block_ids(view, [(i, j) for j in range(grid.window_cols)], held)
+        for (_, j), ids in blocks.items():
+            part = ids[: grid.rows - i * core, : grid.cols - j * core]
+            r = i * core - top
+            out[r : r + part.shape[0], j * core : j * core + part.shape[1]] = part
+        for ij in [ij for ij in held if ij[0] < i]:  # row i - 1 is no block's neighbour any more
+            del held[ij]
     return out
 
 

@@ -14,11 +14,13 @@ from starlette.staticfiles import StaticFiles
 from titiler.core.factory import TilerFactory, TMSFactory
 
 from dinotiles.core.bundle import Bundle, load_bundle
+from dinotiles.core.precomputed import ResultsIndex
 from dinotiles.core.sources import (
     gdal_env,
     guarded_reader,
     resolve_source,
 )
+from dinotiles.server.collections import CollectionTilerFactory, collections_router
 from dinotiles.server.errors import add_error_handlers
 from dinotiles.server.factory import ClusterTilerFactory, strict_router
 from dinotiles.server.metrics import Metrics
@@ -58,6 +60,15 @@ def create_app(settings: Settings | None = None, bundle: Bundle | None = None) -
 
     clusters = ClusterTilerFactory(engine=engine, settings=settings, router_prefix="/cog")
     app.include_router(clusters.router, prefix="/cog", tags=["Clusters"])
+    # precomputed results: served as layers, and read instead of encoding for the sources they cover
+    index = ResultsIndex(settings.results, engine.fingerprint, settings.results_refresh_seconds)
+    app.state.results = index
+    if settings.results:
+        engine.results = index.ids_for
+    app.include_router(collections_router(index), tags=["Result collections"])
+    by_collection = "/collections/{collection_id}"
+    results = CollectionTilerFactory(engine=engine, settings=settings, index=index, router_prefix=by_collection)
+    app.include_router(results.router, prefix=by_collection, tags=["Result collections"])
 
     policy = settings.source_policy()
     gdal_env(policy)  # starts the egress guard now: an unsafe environment (NO_PROXY) stops start-up, not a request

@@ -65,6 +65,7 @@ class Statistics(BaseModel):
     valid_patches: int
     clusters: list[ClusterShare]
     groups: list[GroupShare] | None = None
+    items: list[str] | None = None  # for a result collection: the items the counts come from
 
 
 class ClusterPoint(BaseModel):
@@ -77,6 +78,7 @@ class ClusterPoint(BaseModel):
     group: int | None = None
     color: list[int] | None
     patch: dict[str, int]
+    item: str | None = None  # for a result collection: the item the value comes from
 
 
 class LegendEntry(BaseModel):
@@ -234,7 +236,7 @@ class ClusterTilerFactory(TilerFactory):
             headers = {"Cache-Control": f"public, max-age={max_age}"}
             with deadline(tile_timeout), timing.collect() as spans, self.open(src, tileMatrixSetId) as reader:
                 # the identity the window cache uses (for sources without validators it needs the open file)
-                headers["ETag"] = etag_for(fingerprint, reader.view.key, tms.id, z, x, y, size, format.value, style.key)
+                headers["ETag"] = etag_for(fingerprint, reader.identity, tms.id, z, x, y, size, format.value, style.key)
                 if not_modified(request, headers["ETag"]):
                     return Response(status_code=304, headers=headers)
                 image = reader.tile(x, y, z, tilesize=size)
@@ -465,6 +467,7 @@ class ClusterTilerFactory(TilerFactory):
                 "group": gid,
                 "color": None if shown is None else [int(c) for c in style.lut(codebook)[shown][:3]],
                 "patch": found["patch"],
+                "item": found.get("item"),
             }
 
     def statistics(self) -> None:  # type: ignore[override]
@@ -490,6 +493,7 @@ class ClusterTilerFactory(TilerFactory):
                 "groups": None
                 if style.groups is None
                 else group_shares(counts, codebook.groups(style.groups), style.lut(codebook)),
+                "items": getattr(reader, "covered", None),
             }
 
     def legend(self) -> None:

@@ -51,9 +51,11 @@ class Settings(BaseSettings):
     local_roots: Paths = Field(default_factory=lambda: (demo_dir() / "data",))
     allowed_hosts: Names = DEFAULT_ALLOWED_HOSTS  # http(s) hosts ("host" or "host:port")
     allowed_buckets: Names = DEFAULT_ALLOWED_BUCKETS  # s3:// bucket names, never hosts
-    cache_bytes: Annotated[int, Field(ge=0)] = 256 * 1024 * 1024
-    max_windows: PositiveInt = 25  # inference windows one tile may need (sets minzoom)
-    max_request_windows: PositiveInt = 100  # inference windows any other request may need
+    cache_bytes: Annotated[int, Field(ge=0)] = 256 * 1024 * 1024  # final cluster IDs per block (L1)
+    feature_cache_bytes: Annotated[int, Field(ge=0)] = 128 * 1024 * 1024  # window features (float16) for blending
+    blend: bool = True  # match band patches on features blended across the windows that see them
+    max_windows: PositiveInt = 36  # inference windows one tile may need, with its ring (sets minzoom)
+    max_request_windows: PositiveInt = 121  # inference windows any other request may need
     max_stats_area_m2: Positive = 500_000.0
     max_scene_patches: PositiveInt = 100_000_000  # 0.25 m patches in one source (10k x 10k = a 35 km square)
     max_output_size: PositiveInt = 2048  # pixels per side of any image a route returns
@@ -80,6 +82,10 @@ class Settings(BaseSettings):
     redis_url: str | None = None  # redis://host:6379/0: the window cache shared by replicas (unset: in-process only)
     redis_ttl_seconds: PositiveInt = 7 * 24 * 3600  # how long a shared window lives (Redis evicts LRU when full)
     providers: Names = ()  # ONNX Runtime execution providers, in order (default: TensorRT, CUDA, CPU if present)
+    results: Names = ()  # `dinotiles batch` outputs served under /collections: directories or s3:// prefixes
+    results_refresh_seconds: Positive = 60.0  # how often those locations are listed again
+    max_mosaic_items: PositiveInt = 64  # result items one collection tile may read (more: 400, zoom in)
+    max_collection_stats_area_m2: Positive = 2.5e8  # a collection's statistics bbox (precomputed: no inference)
     stac_url: str = "https://api.imagery.hotosm.org/stac"
     stac_timeout: Positive = 20.0
     scenes_sync_max: PositiveInt = 8
@@ -149,4 +155,5 @@ class Settings(BaseSettings):
         )
         shared = SharedCache(self.redis_url, self.redis_ttl_seconds) if self.redis_url else None
         queue = InferenceQueue(encoder, self.max_queue, self.batch_size, self.batch_wait_ms)
-        return ClusterEngine(bundle, encoder, ByteLRU(self.cache_bytes), queue, shared)
+        features = ByteLRU(self.feature_cache_bytes)
+        return ClusterEngine(bundle, encoder, ByteLRU(self.cache_bytes), queue, shared, self.blend, features)

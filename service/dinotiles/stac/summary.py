@@ -39,7 +39,7 @@ def sample_windows(view: SourceView, n: int, seed: int = 0) -> list[tuple[int, i
 def sampled_counts(engine: ClusterEngine, view: SourceView, n: int = STATS_SAMPLE) -> tuple[np.ndarray, int, int]:
     """Cluster counts over a sample of windows: (counts, windows sampled, windows in the item)."""
     windows = sample_windows(view, n)
-    ids = engine.window_ids(view, windows)
+    ids = engine.block_ids(view, windows)
     values = np.concatenate([a.ravel() for a in ids.values()])
     valid = values[values != NODATA]
     total = view.grid.window_rows * view.grid.window_cols
@@ -79,29 +79,35 @@ def cluster_items(
     feature: str,
     progress: Callable[[int, int], None] | None = None,
     item_url: Callable[[dict[str, Any]], str] | None = None,
+    vectorize: Callable[[list[str], str], list[np.ndarray]] | None = None,
 ) -> dict[str, Any]:
     """Scene-cluster STAC items; items without the asset are listed under `skipped`, never dropped silently.
 
     ``resolve`` is the server's URL guard (asset hrefs are client-controlled data); ``item_url``
     names where an item came from (relative hrefs resolve against it, and a remote item may not name
-    local files); ``progress`` hears (items done, items in all) as each item is summarised.
+    local files); ``progress`` hears (items done, items in all) as each item is summarised;
+    ``vectorize`` (hrefs, feature) → one vector each computes them elsewhere (``scenes cluster --ray``).
     """
     from dinotiles.scenes.cluster import cluster_scenes
 
-    vectors, names, skipped = [], [], []
-    for n, item in enumerate(items):
+    hrefs, names, skipped = [], [], []
+    for item in items:
         try:
             _, href = raster_asset(item, [assets], item_url(item) if item_url else None)
         except StacBadRequest as exc:
             skipped.append({"id": str(item.get("id")), "reason": str(exc)})
-            if progress is not None:
-                progress(n + 1, len(items))
             continue
-        with reader(resolve(href)) as src:
-            vectors.append(item_feature(src.engine, src.view, feature))
+        hrefs.append(href)
         names.append(str(item.get("id")))
-        if progress is not None:
-            progress(n + 1, len(items))
+    if vectorize is not None:  # elsewhere (a Ray cluster), all at once
+        vectors = vectorize(hrefs, feature)
+    else:
+        vectors = []
+        for n, href in enumerate(hrefs):
+            with reader(resolve(href)) as src:
+                vectors.append(item_feature(src.engine, src.view, feature))
+            if progress is not None:
+                progress(n + 1 + len(skipped), len(items))
     if len(vectors) < 3:
         raise StacBadRequest(f"need at least 3 items with a {assets!r} asset, found {len(vectors)}")
     out = cluster_scenes(np.stack(vectors)).as_dict(names)
