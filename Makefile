@@ -8,7 +8,7 @@ ROOTS := $(CURDIR)/.dinotiles/data$(if $(OAM),:$(abspath $(OAM)))
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test demo lint bench bench-load gpu-kit clean vendor image image-gpu image-test wheelhouse
+.PHONY: serve test demo lint bench bench-load gpu-kit clean vendor image image-gpu image-ray image-test wheelhouse
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -81,6 +81,11 @@ image: wheelhouse
 image-gpu: wheelhouse
 	$(OCI) setup
 	eval "$$($(OCI) env)" && podman build -q --format docker --target gpu -t localhost/dinotiles:gpu \
+	  --secret id=cabundle,src=/etc/ssl/certs/ca-certificates.crt .
+
+image-ray: wheelhouse
+	$(OCI) setup
+	eval "$$($(OCI) env)" && podman build -q --format docker --target ray -t localhost/dinotiles:ray \
 	  --secret id=cabundle,src=/etc/ssl/certs/ca-certificates.crt .
 
 # the image alone (read-only, non-root, a real tile), then the base manifests through `podman kube play`

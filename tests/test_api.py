@@ -390,6 +390,21 @@ def test_bad_settings_stop_the_cli_with_one_line(tmp_path: Path) -> None:
         assert len(lines) == 1 and lines[0].startswith("dinotiles: error: ") and name in lines[0], proc.stderr
 
 
+def test_every_list_setting_reads_from_one_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings that hold several values (hosts, buckets, roots, results, …) take one delimited string."""
+    import typing
+
+    from dinotiles.server.settings import Settings
+
+    many = [name for name, f in Settings.model_fields.items() if typing.get_origin(f.annotation) is tuple]
+    assert {"allowed_hosts", "local_roots", "results"} <= set(many)
+    for name in many:
+        monkeypatch.setenv(f"DINOTILES_{name.upper()}", "/aaa:/bbb" if name == "local_roots" else "aaa,bbb")
+    settings = Settings.from_env()
+    for name in many:
+        assert len(getattr(settings, name)) == 2, name
+
+
 def test_two_bundles_in_one_process_keep_their_own_grids(bundle, sample: Path, tmp_path: Path, app_settings) -> None:  # type: ignore[no-untyped-def]
     """The per-source memo is keyed by bundle and source: a 0.5 m bundle never gets the 0.25 m grid."""
     import shutil as sh

@@ -32,7 +32,9 @@ def test_batch_equals_render_validates_and_resumes(env, sample: Path, rasters, t
 
     second = str(shutil.copy(sample, tmp_path / "second.tif"))
     out = tmp_path / "out"
-    code = main(["batch", str(sample), second, str(rasters["corrupt"]), "--out", str(out), "--workers", "2"])
+    # one block row per task: each scene is split over both workers, then joined
+    sources = [str(sample), second, str(rasters["corrupt"])]
+    code = main(["batch", *sources, "--out", str(out), "--workers", "2", "--band-rows", "1"])
     assert code == 1  # some failed: listed, exit 1
     err = capsys.readouterr()
     # the corrupt file is retried, then reported; the others are done

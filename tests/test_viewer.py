@@ -29,7 +29,29 @@ FLAGS = [
 
 
 @pytest.fixture(scope="module")
-def server(bundle, sample: Path, rasters, stac_api: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:  # type: ignore[no-untyped-def]
+def results(bundle, sample: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  # type: ignore[no-untyped-def]
+    """A result collection of the sample, made by the batch's own steps (plan, bands, publish) in-process."""
+    import time
+
+    from dinotiles.batch.outputs import open_output
+    from dinotiles.batch.results import SourceSpec, fingerprints, write_collection
+    from dinotiles.batch.runner import plan_source, publish_source, render_band
+    from dinotiles.server.settings import Settings
+
+    out = tmp_path_factory.mktemp("results") / "demo-results"
+    settings = Settings().replace(bundle=bundle.root, local_roots=(sample.parent,))
+    engine, policy = settings.open_engine(bundle), settings.source_policy()
+    spec, prints = SourceSpec("sample", str(sample)), fingerprints(bundle, engine.fingerprint)
+    bands = [render_band(engine, policy, spec, *band) for band in plan_source(engine, policy, spec, band_rows=1)]
+    publish_source(engine, policy, spec, str(out), prints, bands, time.perf_counter())
+    write_collection(open_output(out), "demo-results", bundle, prints)
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(
+    bundle, sample: Path, rasters, stac_api: str, results: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:  # type: ignore[no-untyped-def]
     port = free_port()
     roots = f"{sample.parent}:{rasters['two_band'].parent}"
     env = {
@@ -39,6 +61,7 @@ def server(bundle, sample: Path, rasters, stac_api: str, tmp_path_factory: pytes
         "DINOTILES_STAC_URL": stac_api,  # a real STAC API (rustac) whose items' COGs are served over HTTP
         "DINOTILES_ALLOWED_HOSTS": "127.0.0.1",
         "DINOTILES_SCENES_SYNC_MAX": "3",  # 4 items: scene clustering runs as a job with progress
+        "DINOTILES_RESULTS": str(results),  # a precomputed collection, listed with the images
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "dinotiles.cli", "serve", "--port", str(port)],
@@ -68,7 +91,9 @@ def test_viewer_shows_clusters_over_imagery(server: str, tmp_path: Path) -> None
         page.on("response", lambda r: failed.append(r.url) if r.status >= 400 else None)
         page.goto(server + "/")
         page.wait_for_function("document.body.dataset.clustersLoaded === '1'", timeout=120_000)
-        loaded = page.eval_on_selector_all("img.leaflet-tile-loaded", "els => els.map(e => [e.src, e.naturalWidth])")
+        loaded = page.eval_on_selector_all(
+            "img.leaflet-tile-loaded", "els => els.map(e => [e.dataset.url, e.naturalWidth])"
+        )
         cluster_tiles = [src for src, w in loaded if "/cog/tiles/" in src and w > 0]
         imagery_tiles = [src for src, w in loaded if "/rgb/tiles/" in src and w > 0]
         assert cluster_tiles and imagery_tiles
@@ -105,7 +130,9 @@ def page(server: str):  # type: ignore[no-untyped-def]
 
 def cluster_tile_urls(page) -> list[str]:  # type: ignore[no-untyped-def]
     return [
-        u for u in page.eval_on_selector_all("img.leaflet-tile", "els => els.map(e => e.src)") if "/cog/tiles/" in u
+        u
+        for u in page.eval_on_selector_all("img.leaflet-tile", "els => els.map(e => e.dataset.url || e.src)")
+        if "/cog/tiles/" in u
     ]
 
 
@@ -188,7 +215,7 @@ def test_search_imagery_in_view_and_open_an_item(page, server: str) -> None:  # 
     page.click("#items .item[data-id='scene-1']")
     page.wait_for_function("document.body.dataset.item === 'scene-1'")
     page.wait_for_function("document.body.dataset.clustersLoaded === '1'", timeout=120_000)
-    imagery = page.eval_on_selector_all("img.leaflet-tile", "els => els.map(e => e.src)")
+    imagery = page.eval_on_selector_all("img.leaflet-tile", "els => els.map(e => e.dataset.url || e.src)")
     urls = [u for u in imagery if "/stac/tiles/" in u]
     assert urls and all("scene-1" in u for u in urls) and not cluster_tile_urls(page)
     assert any("/rgb/tiles/" in u and "url=http%3A%2F%2F127.0.0.1" in u for u in imagery)
@@ -217,3 +244,20 @@ def test_group_searched_scenes_with_progress_and_thumbnails(page, server: str) -
     assert "skipped no-raster" in page.text_content("#scene-groups")
     page.click("#scene-groups .scene[data-id='scene-2']")
     page.wait_for_function("document.body.dataset.item === 'scene-2'")
+
+
+def test_a_result_collection_shows_from_low_zooms(page, server: str) -> None:  # type: ignore[no-untyped-def]
+    """A `dinotiles batch` collection is in the image list and shows where on-the-fly tiles stop."""
+    page.goto(server + "/")
+    page.wait_for_function("document.body.dataset.clustersLoaded === '1'", timeout=120_000)
+    options = page.eval_on_selector_all("#source option", "els => els.map(e => e.value)")
+    assert "collection:demo-results" in options
+    page.select_option("#source", "collection:demo-results")
+    page.wait_for_function("state.spec && state.spec.collection === true")
+    page.wait_for_function("document.body.dataset.clustersLoaded === '1'", timeout=60_000)
+    page.evaluate("map.setZoom(13)")  # far below the on-the-fly minzoom
+    page.wait_for_function("document.body.dataset.clustersLoaded === '1'", timeout=60_000)
+    urls = [u for u in page.eval_on_selector_all("img.leaflet-tile-loaded", "els => els.map(e => e.dataset.url)") if u]
+    assert urls and all("/collections/demo-results/tiles/WebMercatorQuad/13/" in u for u in urls), urls
+    assert page.is_hidden("#hint")
+    page.wait_for_selector("#legend .entry", timeout=60_000)

@@ -117,6 +117,9 @@ def build_parser() -> Parser:
         "--out", required=True, help="output directory or s3://bucket/prefix (a folder per item, collection.json)"
     )
     bt.add_argument("--collection-id", default="dinotiles-results")
+    bt.add_argument(
+        "--band-rows", type=int, default=16, help="block rows (91 m each) per task: a large scene spreads over workers"
+    )
     bt.add_argument("--address", help="an existing Ray cluster (else RAY_ADDRESS, else a local Ray)")
     bt.add_argument("--workers", type=int, help="encoder actors (default: one per GPU, else per CPU)")
     bt.add_argument("--retries", type=int, default=1, help="times a failed item is tried again before it is reported")
@@ -382,7 +385,10 @@ def cmd_batch(args: argparse.Namespace) -> int:
     """Exit 0 when every source is done (or was already), 1 when some failed (listed), 2 for bad input."""
     from dinotiles.batch.runner import run
 
-    summary = run(batch_specs(args), args.out, args.collection_id, args.address, args.workers, args.retries)  # type: ignore[arg-type]
+    if args.band_rows < 1:
+        raise CliError("--band-rows must be at least 1")
+    specs: Any = batch_specs(args)
+    summary = run(specs, args.out, args.collection_id, args.address, args.workers, args.retries, True, args.band_rows)
     for failure in summary.failed:
         print(f"dinotiles: failed {failure['id']}: {failure['error']}", file=sys.stderr)
     print(f"dinotiles: {summary.line()}; collection {str(args.out).rstrip('/')}/collection.json")

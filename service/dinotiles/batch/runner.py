@@ -44,7 +44,7 @@ class Summary:
         )
 
 
-BAND_ROWS = 6  # block rows per task (6 × 91 m): a scene spreads over workers; blending re-reads 2 rows a band
+BAND_ROWS = 16  # block rows per task (1.5 km): big scenes spread over workers; a band re-encodes 2 rows
 
 
 def _open(engine: Any, policy: Any, spec: SourceSpec) -> Any:
@@ -59,11 +59,11 @@ def _open(engine: Any, policy: Any, spec: SourceSpec) -> Any:
     return cluster_reader(engine, policy, RequestLimits())(source)
 
 
-def plan_source(engine: Any, policy: Any, spec: SourceSpec) -> list[tuple[int, int]]:
+def plan_source(engine: Any, policy: Any, spec: SourceSpec, band_rows: int = BAND_ROWS) -> list[tuple[int, int]]:
     """The source's bands of block rows, [i0, i1), each one task."""
     with _open(engine, policy, spec) as src:
         rows = src.view.grid.window_rows
-    return [(i0, min(rows, i0 + BAND_ROWS)) for i0 in range(0, rows, BAND_ROWS)]
+    return [(i0, min(rows, i0 + band_rows)) for i0 in range(0, rows, band_rows)]
 
 
 def render_band(engine: Any, policy: Any, spec: SourceSpec, i0: int, i1: int) -> Any:
@@ -133,15 +133,29 @@ def ray_cluster(address: str | None, workers: int | None) -> Iterator[None]:
             ray.shutdown()
 
 
+ACTORS_PER_GPU = 4  # each actor reads its windows in one thread: several share a GPU to keep it fed
+
+
+def actor_resources() -> tuple[dict[str, float], int]:
+    """What each encoder actor asks Ray for, and how many the cluster holds: a quarter GPU and a CPU
+    each where there are GPUs (the model is small; reading the COGs is what takes the time), else a CPU."""
+    import ray
+
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    if gpus:
+        return {"num_gpus": 1 / ACTORS_PER_GPU, "num_cpus": 1}, gpus * ACTORS_PER_GPU
+    return {"num_cpus": 1}, int(resources.get("CPU", 1))
+
+
 def scene_vectors(hrefs: list[str], feature: str, address: str | None, workers: int | None) -> list[Any]:
     """One summary vector per source (``scenes cluster --ray``), computed by actors in parallel, in order."""
     import ray
     from ray.util import ActorPool
 
     with ray_cluster(address, workers):
-        gpus = int(ray.cluster_resources().get("GPU", 0))
-        per_worker = {"num_gpus": 1} if gpus else {"num_cpus": 1}
-        n = max(1, min(len(hrefs), workers or (gpus or int(ray.cluster_resources().get("CPU", 1)))))
+        per_worker, default = actor_resources()
+        n = max(1, min(len(hrefs), workers or default))
         summarizer = ray.remote(Renderer).options(max_restarts=2, max_task_retries=2, **per_worker)  # type: ignore[attr-defined]
         pool = ActorPool([summarizer.remote("") for _ in range(n)])
         bar = tqdm(total=len(hrefs), desc="scenes", unit="item")
@@ -161,6 +175,7 @@ def run(
     workers: int | None = None,
     retries: int = 1,
     progress: bool = True,
+    band_rows: int = BAND_ROWS,
 ) -> Summary:
     """Render every spec not already done into ``out``; write collection.json; return the summary."""
     from dinotiles.core.bundle import load_bundle
@@ -182,7 +197,7 @@ def run(
     started = time.perf_counter()
     if todo:
         with ray_cluster(address, workers):
-            _schedule(todo, out, prints, summary, workers, retries, progress)
+            _schedule(todo, out, prints, summary, workers, retries, progress, band_rows)
     summary.seconds = time.perf_counter() - started
     write_collection(output, collection_id, bundle, prints)
     return summary
@@ -208,6 +223,7 @@ def _schedule(
     workers: int | None,
     retries: int,
     progress: bool,
+    band_rows: int = BAND_ROWS,
 ) -> None:
     """Tasks on a pool of actors: plan a scene (its bands), render each band anywhere, join and
     publish the scene. A task that fails is tried again (a dead worker is replaced first); a scene
@@ -215,9 +231,8 @@ def _schedule(
     import ray
     from ray.exceptions import RayActorError, RayTaskError
 
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    per_worker = {"num_gpus": 1} if gpus else {"num_cpus": 1}
-    n = max(1, workers or (gpus or int(ray.cluster_resources().get("CPU", 1))))
+    per_worker, default = actor_resources()
+    n = max(1, workers or default)
     renderer = ray.remote(Renderer).options(max_restarts=2, max_task_retries=2, **per_worker)  # type: ignore[attr-defined]
     actors = [renderer.remote(out) for _ in range(n)]
     scenes = {spec.id: _Scene(spec, time.perf_counter()) for spec in todo}
@@ -236,7 +251,7 @@ def _schedule(
                 continue
             actor = actors[a]
             if kind == "plan":
-                ref = actor.plan.remote(scene.spec)  # type: ignore[attr-defined]
+                ref = actor.plan.remote(scene.spec, band_rows)  # type: ignore[attr-defined]
             elif kind == "band":
                 ref = actor.band.remote(scene.spec, *band)  # type: ignore[attr-defined]
             else:
@@ -311,9 +326,9 @@ class Renderer:
         with _plain_errors(SourceSpec(href, href)), reader(resolve_source(href, self.policy)) as src:
             return item_feature(self.engine, src.view, feature)
 
-    def plan(self, spec: SourceSpec) -> list[tuple[int, int]]:
+    def plan(self, spec: SourceSpec, band_rows: int) -> list[tuple[int, int]]:
         with _plain_errors(spec):
-            return plan_source(self.engine, self.policy, spec)
+            return plan_source(self.engine, self.policy, spec, band_rows)
 
     def band(self, spec: SourceSpec, i0: int, i1: int) -> Any:
         with _plain_errors(spec):

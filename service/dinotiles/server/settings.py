@@ -97,7 +97,7 @@ class Settings(BaseSettings):
             return tuple(h.strip().lower() for h in value.split(",") if h.strip())
         return value
 
-    @field_validator("providers", "cors_origins", mode="before")
+    @field_validator("providers", "cors_origins", "results", mode="before")
     @classmethod
     def _names(cls, value: object) -> object:
         if isinstance(value, str):
