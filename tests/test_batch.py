@@ -158,6 +158,35 @@ def test_batch_writes_to_s3_and_resumes_there(env, s3, sample: Path, capsys) -> 
     assert "0 done, 1 skipped" in capsys.readouterr().out
 
 
+def test_results_on_s3_are_served(env, s3, sample: Path, app_settings, bundle, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """DINOTILES_RESULTS=s3://bucket/folder-of-collections: listed with boto3, COGs read by GDAL over S3."""
+    import io
+
+    from fastapi.testclient import TestClient
+
+    from dinotiles.server.app import create_app
+
+    assert (
+        main(["batch", str(sample), "--out", "s3://results/runs/demo", "--workers", "1", "--collection-id", "demo"])
+        == 0
+    )
+    endpoint = __import__("os").environ["AWS_ENDPOINT_URL"]
+    monkeypatch.setenv("AWS_S3_ENDPOINT", endpoint.removeprefix("http://"))  # GDAL's names for a non-AWS S3
+    monkeypatch.setenv("AWS_HTTPS", "NO")
+    monkeypatch.setenv("AWS_VIRTUAL_HOSTING", "FALSE")
+    with TestClient(create_app(app_settings.replace(results=("s3://results/runs",)), bundle)) as client:
+        assert [c["id"] for c in client.get("/collections").json()["collections"]] == ["demo"]
+        tj = client.get("/collections/demo/WebMercatorQuad/tilejson.json").json()
+        w, s, e, n = tj["bounds"]
+        import morecantile
+
+        t = morecantile.tms.get("WebMercatorQuad").tile((w + e) / 2, (s + n) / 2, 12)
+        r = client.get(f"/collections/demo/tiles/WebMercatorQuad/12/{t.x}/{t.y}.npy")
+        assert r.status_code == 200, r.text
+        assert (np.load(io.BytesIO(r.content)) != 65535).any()
+        assert client.app.state.engine.windows_encoded == 0
+
+
 def test_results_are_served_at_every_zoom_and_reused(
     env, http_server, stac_api: str, monkeypatch, app_settings, bundle, tmp_path: Path, capsys
 ) -> None:  # type: ignore[no-untyped-def]
@@ -245,7 +274,8 @@ def test_scene_clustering_on_ray_equals_the_local_run(env, stac_api: str, monkey
     local, remote = tmp_path / "local.json", tmp_path / "ray.json"
     assert main(["scenes", "cluster", "--collections", "aerial", "--out", str(local)]) == 0
     args = ["scenes", "cluster", "--collections", "aerial", "--ray", "--workers", "2", "--out", str(remote)]
-    assert main(args) == 0
+    assert main([*args, "--results", str(tmp_path / "batch-out")]) == 0
+    assert json.loads((tmp_path / "batch-out" / "scenes.json").read_text()) == json.loads(remote.read_text())
     capsys.readouterr()
     a, b = json.loads(local.read_text()), json.loads(remote.read_text())
     assert len(a["items"]) == 3 and [s["id"] for s in a["skipped"]] == ["no-raster"]

@@ -93,6 +93,9 @@ def build_parser() -> Parser:
     cl.add_argument("--feature", choices=("cls", "mean", "both"), default="cls")
     cl.add_argument("--seed", type=int, default=0)
     cl.add_argument("--out", type=Path, help="write the result as JSON here")
+    cl.add_argument(
+        "--results", help="STAC: also store the answer as scenes.json in this `dinotiles batch` output (dir or s3://)"
+    )
     cl.add_argument("--ray", action="store_true", help="STAC: summarise the items on Ray (local, or --address)")
     cl.add_argument("--address", help="with --ray: an existing Ray cluster (default: RAY_ADDRESS, else local)")
     cl.add_argument("--workers", type=int, help="with --ray: actors (default: one per CPU, or per GPU)")
@@ -258,6 +261,10 @@ def cmd_scenes(args: argparse.Namespace) -> None:
         text = json.dumps(body, indent=2)
         if args.out:
             args.out.write_text(text + "\n")
+        if args.results:  # beside the collection of cluster layers: served at /collections/{id}
+            from dinotiles.batch.outputs import open_output
+
+            open_output(args.results).write_json("scenes.json", body)
         print(text)
         return
     from dinotiles.training.scenes_eval import evaluate, format_table

@@ -68,6 +68,7 @@ class ResultCollection:
     location: str
     items: tuple[ResultItem, ...]
     document: dict[str, Any] = field(repr=False)
+    scenes: dict[str, Any] | None = field(default=None, repr=False)  # `scenes cluster --results`
 
     @property
     def bbox(self) -> tuple[float, float, float, float]:

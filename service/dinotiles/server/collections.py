@@ -85,7 +85,9 @@ def collections_router(index: ResultsIndex) -> APIRouter:
         request: Request,
         collection_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9_.\-]{1,120}$")],
     ) -> dict[str, Any]:
-        """One result collection: its summary and links, and the STAC collection as the batch wrote it."""
-        return {**summary(request, collection_id), "stac": index.get(collection_id).document}
+        """One result collection: its summary and links, the STAC collection as the batch wrote it, and
+        the scene clustering stored beside it (``scenes cluster --results``), if any."""
+        found = index.get(collection_id)
+        return {**summary(request, collection_id), "stac": found.document, "scenes": found.scenes}
 
     return router
