@@ -92,6 +92,9 @@ def build_parser() -> Parser:
     cl.add_argument("--assets", default="visual", help="STAC: the asset to read")
     cl.add_argument("--feature", choices=("cls", "mean", "both"), default="cls")
     cl.add_argument("--seed", type=int, default=0)
+    cl.add_argument(
+        "--min-cluster-size", type=int, help="no cluster of fewer scenes: they join their most probable bigger one"
+    )
     cl.add_argument("--out", type=Path, help="write the result as JSON here")
     cl.add_argument(
         "--results", help="STAC: also store the answer as scenes.json in this `dinotiles batch` output (dir or s3://)"
@@ -108,6 +111,9 @@ def build_parser() -> Parser:
     ev.add_argument("--finetune-per-class", type=int, default=150)
     ev.add_argument("--epochs", type=int, default=4)
     ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument(
+        "--splits", type=int, help="three-way class splits (fine-tune / choose settings / report), mean ± sd over N"
+    )
 
     bt = sub.add_parser("batch", help="render many COGs (or a STAC search's items) on Ray into cluster COGs + STAC")
     bt.add_argument("sources", nargs="*", help="COG paths or URLs (else give STAC search options)")
@@ -271,6 +277,20 @@ def cmd_scenes(args: argparse.Namespace) -> None:
 
     if not args.data.is_dir():
         raise CliError(f"no such folder: {args.data}")
+    if args.splits:
+        from dinotiles.training.scenes_protocol import evaluate_protocol, format_protocol
+
+        if args.splits < 1:
+            raise CliError("--splits must be at least 1")
+        try:
+            summary = evaluate_protocol(
+                args.data, args.weights, args.out, args.splits, args.per_class, args.finetune_per_class, args.epochs
+            )
+        except ValueError as exc:
+            raise CliError(str(exc)) from exc
+        print(format_protocol(summary))
+        print(f"dinotiles: results in {args.out / 'scenes_protocol.json'}")
+        return
     try:
         summary = evaluate(
             args.data,
@@ -301,7 +321,8 @@ def cluster_folder(args: argparse.Namespace) -> dict[str, object]:
     manifest = load_manifest(args.bundle)
     window = manifest["window_size"]
     encoder = Encoder(args.bundle / "model.onnx", window, manifest["patch_size"], None)
-    result = cluster_scenes(folder_features(encoder, files, window, args.feature), seed=args.seed)
+    features = folder_features(encoder, files, window, args.feature)
+    result = cluster_scenes(features, seed=args.seed, min_cluster_size=args.min_cluster_size)
     return result.as_dict([str(f.relative_to(args.folder)) for f in files])
 
 
@@ -341,7 +362,16 @@ def cluster_search(args: argparse.Namespace) -> dict[str, object]:
                 return scene_vectors(hrefs, feature, args.address, args.workers)
 
         origin = lambda it: item_href(it, api)  # noqa: E731
-        return cluster_items(reader, resolve, items, args.assets, args.feature, item_url=origin, vectorize=vectorize)
+        return cluster_items(
+            reader,
+            resolve,
+            items,
+            args.assets,
+            args.feature,
+            item_url=origin,
+            vectorize=vectorize,
+            min_cluster_size=args.min_cluster_size,
+        )
     except (StacBadRequest, StacUpstreamError, StacTimeout) as exc:
         raise CliError(str(exc)) from exc
 

@@ -74,8 +74,10 @@ class SceneClusters:
     k: int
     representatives: dict[int, int]
     embedding: np.ndarray = field(repr=False)
+    method: SceneMethod | None = None
 
     def as_dict(self, names: Sequence[str]) -> dict[str, Any]:
+        sizes = np.bincount(self.labels, minlength=self.k)
         return {
             "k": self.k,
             "items": [
@@ -83,52 +85,151 @@ class SceneClusters:
                 for i, (c, p) in enumerate(zip(self.labels, self.probabilities, strict=True))
             ],
             "representatives": {str(c): names[i] for c, i in sorted(self.representatives.items())},
-            "method": {
-                "umap": {"n_components": UMAP_DIMS, "n_neighbors": UMAP_NEIGHBOURS, "metric": "cosine"},
-                "mixture": "BayesianGaussianMixture, dirichlet_process prior",
-            },
+            "clusters": [
+                {
+                    "cluster": c,
+                    "size": int(sizes[c]),
+                    "representative": names[self.representatives[c]],
+                    "mean_probability": float(self.probabilities[self.labels == c].mean()),
+                }
+                for c in range(self.k)
+            ],
+            "method": (self.method or DEFAULT_METHOD).describe(),
         }
 
 
-def cluster_scenes(features: np.ndarray, seed: int = 0, max_components: int = 30) -> SceneClusters:
-    """UMAP to ``UMAP_DIMS`` then a DP-GMM; K = components that hold at least ``MIN_WEIGHT``."""
+@dataclass(frozen=True)
+class SceneMethod:
+    """How scene vectors become clusters: UMAP to ``dims``, then a partition that infers K.
+
+    ``dpgmm``: a Dirichlet-process Gaussian mixture (``covariance``, ``concentration``); a component
+    holding under ``min_share`` of the items is not a cluster (its items go to the most probable one
+    that is). ``hdbscan``: density-based clusters of at least ``min_share`` of the items; items it
+    calls noise go to the nearest cluster. Chosen on validation classes (docs/scene-clustering.md).
+    """
+
+    dims: int = UMAP_DIMS
+    neighbours: int = UMAP_NEIGHBOURS
+    partition: str = "dpgmm"
+    covariance: str = "diag"
+    concentration: float = 1.0 / 30
+    min_share: float = MIN_WEIGHT
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "umap": {"n_components": self.dims, "n_neighbors": self.neighbours, "metric": "cosine", "min_dist": 0.0},
+            "partition": self.partition,
+            **(
+                {"covariance": self.covariance, "concentration": self.concentration}
+                if self.partition == "dpgmm"
+                else {}
+            ),
+            "min_share": self.min_share,
+        }
+
+
+DEFAULT_METHOD = SceneMethod()
+
+
+def embed(features: np.ndarray, method: SceneMethod = DEFAULT_METHOD, seed: int = 0) -> np.ndarray:
+    """UMAP of the L2-normalised vectors (cosine), seeded."""
     import umap
-    from sklearn.mixture import BayesianGaussianMixture
 
     n = len(features)
     if n < 3:
         raise ValueError(f"need at least 3 scenes to cluster, got {n}")
-    dims = min(UMAP_DIMS, n - 2)
-    embedding = umap.UMAP(
-        n_components=dims,
-        n_neighbors=min(UMAP_NEIGHBOURS, n - 1),
-        min_dist=0.0,
-        metric="cosine",
-        random_state=seed,
-    ).fit_transform(_unit(features))
+    return np.asarray(
+        umap.UMAP(
+            n_components=min(method.dims, n - 2),
+            n_neighbors=min(method.neighbours, n - 1),
+            min_dist=0.0,
+            metric="cosine",
+            random_state=seed,
+        ).fit_transform(_unit(features))
+    )
+
+
+def partition(
+    embedding: np.ndarray, method: SceneMethod = DEFAULT_METHOD, seed: int = 0, max_components: int = 30
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cluster labels (0 = largest) and each item's membership probability."""
+    n = len(embedding)
+    if method.partition == "hdbscan":
+        return _hdbscan(embedding, method)
+    from sklearn.mixture import BayesianGaussianMixture
+
     gmm = BayesianGaussianMixture(
         n_components=min(max_components, n),
         weight_concentration_prior_type="dirichlet_process",
-        weight_concentration_prior=1.0 / max_components,
-        covariance_type="diag",  # full covariances over-split small clusters (36 parameters each in 8-D)
+        weight_concentration_prior=method.concentration,
+        covariance_type=method.covariance,
         max_iter=1000,
         n_init=3,
         random_state=seed,
     ).fit(embedding)
     proba = gmm.predict_proba(embedding)
     raw = proba.argmax(axis=1)
-    kept = [c for c in np.unique(raw) if gmm.weights_[c] >= MIN_WEIGHT]
-    relabel = {c: i for i, c in enumerate(sorted(kept, key=lambda c: -gmm.weights_[c]))}
+    counts = np.bincount(raw, minlength=proba.shape[1])
+    kept = [c for c in np.unique(raw) if counts[c] >= method.min_share * n] or [int(np.argmax(counts))]
     # items of negligible components go to their most probable kept component
     restricted = proba[:, kept]
-    labels = np.array([relabel[kept[j]] for j in restricted.argmax(axis=1)])
+    chosen = restricted.argmax(axis=1)
+    order = np.argsort(-np.bincount(chosen, minlength=len(kept)), kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
     probs = restricted.max(axis=1) / np.maximum(restricted.sum(axis=1), 1e-12)
+    return _compact(rank[chosen]), probs
+
+
+def _hdbscan(embedding: np.ndarray, method: SceneMethod) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.cluster import HDBSCAN
+
+    n = len(embedding)
+    found = HDBSCAN(min_cluster_size=max(2, round(method.min_share * n)), copy=True).fit(embedding)
+    labels, probs = found.labels_.copy(), found.probabilities_.copy()
+    clusters = [c for c in np.unique(labels) if c >= 0]
+    if not clusters:
+        return np.zeros(n, np.int64), np.ones(n)
+    centres = np.stack([embedding[labels == c].mean(axis=0) for c in clusters])
+    noise = labels < 0
+    if noise.any():  # every item belongs somewhere: noise goes to the nearest cluster, with low confidence
+        d = np.linalg.norm(embedding[noise][:, None] - centres[None], axis=-1)
+        labels[noise] = np.array(clusters)[d.argmin(axis=1)]
+        probs[noise] = 0.0
+    sizes = {c: int((labels == c).sum()) for c in clusters}
+    rank = {c: i for i, c in enumerate(sorted(clusters, key=lambda c: -sizes[c]))}
+    return np.array([rank[c] for c in labels]), probs
+
+
+def _compact(labels: np.ndarray) -> np.ndarray:
+    _, inverse = np.unique(labels, return_inverse=True)
+    return inverse
+
+
+def cluster_scenes(
+    features: np.ndarray,
+    seed: int = 0,
+    max_components: int = 30,
+    method: SceneMethod = DEFAULT_METHOD,
+    min_cluster_size: int | None = None,
+) -> SceneClusters:
+    """UMAP, then a partition that infers K (``method``). ``min_cluster_size``: no cluster of fewer
+    items (they join their most probable bigger one) — the knob an analyst understands."""
+    if min_cluster_size is not None:
+        from dataclasses import replace
+
+        method = replace(method, min_share=max(method.min_share, min_cluster_size / max(len(features), 1)))
+    embedding = embed(features, method, seed)
+    labels, probs = partition(embedding, method, seed, max_components)
+    k = int(labels.max()) + 1
     reps = {}
-    for c in range(len(kept)):
+    for c in range(k):
         members = np.flatnonzero(labels == c)
         centre = embedding[members].mean(axis=0)
         reps[c] = int(members[np.argmin(np.linalg.norm(embedding[members] - centre, axis=1))])
-    return SceneClusters(labels=labels, probabilities=probs, k=len(kept), representatives=reps, embedding=embedding)
+    return SceneClusters(
+        labels=labels, probabilities=probs, k=k, representatives=reps, embedding=embedding, method=method
+    )
 
 
 def clustering_scores(truth: np.ndarray, labels: np.ndarray) -> dict[str, float]:

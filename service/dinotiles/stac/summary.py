@@ -80,6 +80,7 @@ def cluster_items(
     progress: Callable[[int, int], None] | None = None,
     item_url: Callable[[dict[str, Any]], str] | None = None,
     vectorize: Callable[[list[str], str], list[np.ndarray]] | None = None,
+    min_cluster_size: int | None = None,
 ) -> dict[str, Any]:
     """Scene-cluster STAC items; items without the asset are listed under `skipped`, never dropped silently.
 
@@ -110,7 +111,7 @@ def cluster_items(
                 progress(n + 1 + len(skipped), len(items))
     if len(vectors) < 3:
         raise StacBadRequest(f"need at least 3 items with a {assets!r} asset, found {len(vectors)}")
-    out = cluster_scenes(np.stack(vectors)).as_dict(names)
+    out = cluster_scenes(np.stack(vectors), min_cluster_size=min_cluster_size).as_dict(names)
     out["feature"] = feature
     out["skipped"] = skipped
     return out

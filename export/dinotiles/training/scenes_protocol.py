@@ -1,0 +1,239 @@
+"""`dinotiles scenes eval --splits N`: scene clustering measured so that the numbers can be defended.
+
+The classes of a labelled folder are split three ways (seeded): fine-tune on the first third, choose
+every clustering setting on the second (validation classes), report once on the third (test classes).
+Repeated over N splits; the setting kept is the one with the best mean validation ACC (ties: K
+closest to the truth), so no reported number comes from a setting picked on test labels.
+
+Per split and test classes: base vs fine-tuned features × {k-means with the true K, UMAP + k-means
+with the true K, UMAP + the chosen partition inferring K}, and a 5-fold linear probe (the features'
+ceiling), so the loss due to inferring K shows apart from the loss due to the features.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from dinotiles.scenes.cluster import (
+    DEFAULT_METHOD,
+    SceneMethod,
+    clustering_scores,
+    embed,
+    folder_features,
+    partition,
+    read_labelled_folder,
+)
+from dinotiles.training.finetune import SIZE, FinetuneConfig, finetune
+from dinotiles.training.scenes_eval import scene_encoder
+
+METRICS = ("acc", "nmi", "ari", "k")
+
+
+def grid() -> list[SceneMethod]:
+    """The settings compared on validation classes (docs/scene-clustering.md has the sweep)."""
+    out = [
+        SceneMethod(dims, nb, "dpgmm", cov, conc, share)
+        for dims in (4, 8, 16)
+        for nb in (15, 30)
+        for cov in ("diag", "full")
+        for conc in (1.0 / 30, 1e-3)
+        for share in (0.01, 0.03)
+    ]
+    out += [
+        SceneMethod(dims, nb, "hdbscan", min_share=share)
+        for dims in (4, 8)
+        for nb in (15, 30)
+        for share in (0.02, 0.04)
+    ]
+    return out
+
+
+def three_way(names: list[str], seed: int) -> tuple[list[str], list[str], list[str]]:
+    """Fine-tune / validation / test classes: a seeded permutation cut in thirds."""
+    order = [names[i] for i in np.random.default_rng(seed).permutation(len(names))]
+    third = len(names) // 3
+    return sorted(order[:third]), sorted(order[third : 2 * third]), sorted(order[2 * third :])
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _kmeans(x: np.ndarray, k: int, seed: int) -> np.ndarray:
+    from sklearn.cluster import KMeans
+
+    return np.asarray(KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(x))
+
+
+def _probe(x: np.ndarray, truth: np.ndarray, seed: int) -> float:
+    """5-fold accuracy of a logistic regression on the features: what a linear read-out can get."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    folds = StratifiedKFold(5, shuffle=True, random_state=seed)
+    return float(cross_val_score(LogisticRegression(max_iter=3000), _unit(x), truth, cv=folds).mean())
+
+
+def _score(truth: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    return {**clustering_scores(truth, labels), "k": len(np.unique(labels))}
+
+
+def _features(files: list[Path], weights: str, bundle: Path, cache: Path) -> np.ndarray:
+    """CLS vectors of the files (cached on disk, keyed by the file list)."""
+    if cache.exists():
+        saved = np.load(cache, allow_pickle=False)
+        names = cache.with_suffix(".txt").read_text().splitlines() if cache.with_suffix(".txt").exists() else []
+        if names == [str(f) for f in files]:
+            return saved
+    feats = folder_features(scene_encoder(weights, bundle), files, SIZE, feature="cls")
+    np.save(cache, feats)
+    cache.with_suffix(".txt").write_text("\n".join(map(str, files)) + "\n")
+    return feats
+
+
+def sweep(features: np.ndarray, truth: np.ndarray, methods: list[SceneMethod], seed: int) -> list[dict[str, Any]]:
+    """Every method on one set of vectors (one UMAP per dims × neighbours)."""
+    rows, embeddings = [], {}
+    for method in tqdm(methods, desc="settings", unit="setting"):
+        key = (method.dims, method.neighbours)
+        if key not in embeddings:
+            embeddings[key] = embed(features, method, seed)
+        labels, _ = partition(embeddings[key], method, seed)
+        rows.append({"method": asdict(method), **_score(truth, labels)})
+    return rows
+
+
+def choose(per_split: list[list[dict[str, Any]]], true_k: int) -> dict[str, Any]:
+    """The setting with the best mean validation ACC over the splits (ties: mean |K − true K|)."""
+    n = len(per_split[0])
+    means = []
+    for i in range(n):
+        rows = [split[i] for split in per_split]
+        acc = float(np.mean([r["acc"] for r in rows]))
+        kerr = float(np.mean([abs(r["k"] - true_k) for r in rows]))
+        nmi = float(np.mean([r["nmi"] for r in rows]))
+        means.append({"method": rows[0]["method"], "acc": acc, "nmi": nmi, "k_error": kerr})
+    return max(means, key=lambda m: (round(m["acc"], 3), -m["k_error"]))
+
+
+def evaluate_protocol(
+    data: Path,
+    weights: str,
+    out: Path,
+    splits: int = 3,
+    per_class: int | None = 150,
+    finetune_per_class: int | None = 150,
+    epochs: int = 4,
+    blocks: int = 2,
+) -> dict[str, Any]:
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    names = sorted(d.name for d in data.iterdir() if d.is_dir())
+    if len(names) < 6:
+        raise ValueError(f"a three-way split needs at least 6 classes, {data} has {len(names)}")
+    # one image sample for every split (seed 0): the split seed decides only which classes go where
+    files, labels, classes = read_labelled_folder(data, None, per_class, seed=0)
+    base = _features(files, weights, out / "bundle_base", out / "features_base.npy")
+    splits_out: list[dict[str, Any]] = []
+    validation: list[list[dict[str, Any]]] = []
+    methods = grid()
+    for seed in range(splits):
+        train, val, test = three_way(names, seed)
+        split_dir = out / f"split{seed}"
+        done = split_dir / "finetune" / "finetune.json"
+        if done.exists() and json.loads(done.read_text()).get("classes") == train:  # a rerun resumes
+            tuned = json.loads(done.read_text())
+        else:
+            config = FinetuneConfig(data, weights, split_dir / "finetune", train, finetune_per_class, blocks)
+            tuned = finetune(replace(config, epochs=epochs, seed=seed))
+        held = [i for i, c in enumerate(labels) if classes[c] in set(val) | set(test)]
+        held_files = [files[i] for i in held]
+        bundle, cache = split_dir / "bundle_finetuned", split_dir / "features.npy"
+        tuned_feats = _features(held_files, tuned["weights"], bundle, cache)
+        ft = dict(zip(held, tuned_feats, strict=True))
+        val_idx = np.array([i for i in held if classes[labels[i]] in val])
+        test_idx = np.array([i for i in held if classes[labels[i]] in test])
+        val_x = np.stack([ft[i] for i in val_idx])
+        validation.append(sweep(val_x, labels[val_idx], methods, seed))
+        splits_out.append(
+            {
+                "seed": seed,
+                "train": train,
+                "validation": val,
+                "test": test,
+                "finetune": {k: tuned[k] for k in ("images", "views", "blocks_trained") if k in tuned},
+                "test_idx": test_idx.tolist(),
+                "test_ft": np.stack([ft[i] for i in test_idx]).tolist(),
+            }
+        )
+    chosen = choose(validation, len(names) - 2 * (len(names) // 3))
+    method = SceneMethod(**chosen["method"])
+    tables = []
+    for split in splits_out:
+        idx = np.array(split.pop("test_idx"))
+        truth = labels[idx]
+        k = len(split["test"])
+        sets = {"base": base[idx], "fine-tuned": np.array(split.pop("test_ft"), dtype=np.float32)}
+        rows: dict[str, dict[str, float]] = {}
+        for name, x in sets.items():
+            emb = embed(x, method, split["seed"])
+            rows[f"{name} + k-means (true K)"] = _score(truth, _kmeans(_unit(x), k, split["seed"]))
+            rows[f"{name} + UMAP + k-means (true K)"] = _score(truth, _kmeans(emb, k, split["seed"]))
+            rows[f"{name} + UMAP + chosen (infers K)"] = _score(truth, partition(emb, method, split["seed"])[0])
+            old = embed(x, DEFAULT_METHOD, split["seed"])
+            rows[f"{name} + UMAP + DP-GMM as before"] = _score(truth, partition(old, DEFAULT_METHOD, split["seed"])[0])
+            rows[f"{name}: linear probe (5-fold)"] = {"acc": _probe(x, truth, split["seed"])}
+        split["results"] = rows
+        split["true_k"] = k
+        tables.append(rows)
+    summary = {
+        "data": str(data),
+        "weights": weights,
+        "images_per_class": per_class,
+        "splits": splits_out,
+        "validation_sweep": [
+            {
+                "method": validation[0][i]["method"],
+                **{f"split{s}": {m: v[i][m] for m in METRICS} for s, v in enumerate(validation)},
+            }
+            for i in range(len(methods))
+        ],
+        "chosen": chosen,
+        "mean": _mean_table(tables),
+        "seconds": round(time.time() - started, 1),
+    }
+    (out / "scenes_protocol.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _mean_table(tables: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, list[float]]]:
+    """Per method and metric: [mean, sd] over the splits."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for name in tables[0]:
+        out[name] = {}
+        for metric in tables[0][name]:
+            values = [t[name][metric] for t in tables]
+            out[name][metric] = [float(np.mean(values)), float(np.std(values))]
+    return out
+
+
+def format_protocol(summary: dict[str, Any]) -> str:
+    chosen = summary["chosen"]
+    lines = [
+        f"chosen on validation classes: {chosen['method']} "
+        f"(val ACC {chosen['acc']:.3f}, mean |K error| {chosen['k_error']:.1f})",
+        f"test classes, mean ± sd over {len(summary['splits'])} splits (true K = {summary['splits'][0]['true_k']}):",
+        f"{'method':42} {'ACC':>13} {'NMI':>13} {'ARI':>13} {'K':>11}",
+    ]
+    for name, m in summary["mean"].items():
+        cells = [f"{m[k][0]:.3f} ± {m[k][1]:.3f}" if k in m else "" for k in ("acc", "nmi", "ari")]
+        kcell = f"{m['k'][0]:.1f} ± {m['k'][1]:.1f}" if "k" in m else ""
+        lines.append(f"{name:42} {cells[0]:>13} {cells[1]:>13} {cells[2]:>13} {kcell:>11}")
+    return "\n".join(lines)
