@@ -224,9 +224,11 @@ def test_results_are_served_at_every_zoom_and_reused(
         results=(str(tmp_path),), allowed_hosts=(*app_settings.allowed_hosts, http_server.removeprefix("http://"))
     )
     tms = morecantile.tms.get("WebMercatorQuad")
+    (out / "scenes.json").write_text(json.dumps({"k": 1, "items": []}))  # as `scenes cluster --results` leaves it
     with TestClient(create_app(settings, bundle), raise_server_exceptions=False) as client:
         listed = client.get("/collections").json()["collections"]
         assert [c["id"] for c in listed] == ["aerial-clusters"] and listed[0]["items"] == 3
+        assert client.get("/collections/aerial-clusters").json()["scenes"] == {"k": 1, "items": []}
         tj = client.get("/collections/aerial-clusters/WebMercatorQuad/tilejson.json").json()
         assert tj["minzoom"] == 0 and tj["maxzoom"] >= 19 and "/collections/aerial-clusters/tiles/" in tj["tiles"][0]
         w, s, e, n = tj["bounds"]

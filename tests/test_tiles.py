@@ -235,15 +235,20 @@ def test_cache_reuses_inference(client, sample: Path) -> None:  # type: ignore[n
 
 
 def test_byte_lru_evicts_by_bytes() -> None:
-    from dinotiles.core.cache import ByteLRU
+    from dinotiles.core.cache import ENTRY_OVERHEAD, ByteLRU
 
-    cache = ByteLRU(capacity=3000)
+    cache = ByteLRU(capacity=3 * (1000 + ENTRY_OVERHEAD))
     for i in range(5):
         cache.put(i, np.zeros(1000, np.uint8))
-    assert cache.size <= 3000 and cache.get(0) is None and cache.get(4) is not None
+    assert cache.size <= cache.capacity and cache.get(0) is None and cache.get(4) is not None
     cache.get(2)
     cache.put(9, np.zeros(1000, np.uint8))
     assert cache.get(2) is not None and cache.get(3) is None
+    # empty arrays (windows with no data) are not free: a flood of them stays bounded
+    empties = ByteLRU(capacity=10 * ENTRY_OVERHEAD)
+    for i in range(10_000):
+        empties.put(i, np.zeros((0, 0, 0), np.float16))
+    assert len(empties) == 10
 
 
 @pytest.mark.slow

@@ -42,8 +42,9 @@ def results(bundle, sample: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     settings = Settings().replace(bundle=bundle.root, local_roots=(sample.parent,))
     engine, policy = settings.open_engine(bundle), settings.source_policy()
     spec, prints = SourceSpec("sample", str(sample)), fingerprints(bundle, engine.fingerprint)
-    bands = [render_band(engine, policy, spec, *band) for band in plan_source(engine, policy, spec, band_rows=1)]
-    publish_source(engine, policy, spec, str(out), prints, bands, time.perf_counter())
+    planned, key = plan_source(engine, policy, spec, band_rows=1)
+    bands = [render_band(engine, policy, spec, *band, key) for band in planned]
+    publish_source(engine, policy, spec, str(out), prints, bands, time.time(), key)
     write_collection(open_output(out), "demo-results", bundle, prints)
     return out
 

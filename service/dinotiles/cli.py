@@ -282,6 +282,8 @@ def cmd_scenes(args: argparse.Namespace) -> None:
 
         if args.splits < 1:
             raise CliError("--splits must be at least 1")
+        if args.train_classes:
+            raise CliError("--splits chooses the classes itself: leave out --train-classes")
         try:
             summary = evaluate_protocol(
                 args.data, args.weights, args.out, args.splits, args.per_class, args.finetune_per_class, args.epochs

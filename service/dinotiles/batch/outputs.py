@@ -63,7 +63,13 @@ class LocalOutput:
         shutil.move(str(folder), str(target))
 
     def items(self) -> list[tuple[str, dict[str, Any]]]:
-        return [(p.parent.name, json.loads(p.read_text())) for p in sorted(self.root.glob("*/item.json"))]
+        """(folder, item) of every published item directly under the root; unreadable ones are skipped."""
+        found = []
+        for path in sorted(self.root.glob("*/item.json")):
+            item = self.read_json(f"{path.parent.name}/item.json")
+            if item is not None:
+                found.append((path.parent.name, item))
+        return found
 
     def write_json(self, name: str, data: dict[str, Any]) -> None:
         (self.root / name).write_text(json.dumps(data, indent=1) + "\n")
@@ -128,13 +134,15 @@ class S3Output:
         pages = self.s3.get_paginator("list_objects_v2").paginate(
             Bucket=self.bucket, Prefix=self._key() and self._key() + "/"
         )
+        root = self._key() and self._key() + "/"
         for page in pages:
             for obj in page.get("Contents", []):
                 key = obj["Key"]
-                if key.endswith("/item.json"):
+                parts = key[len(root) :].split("/")
+                if len(parts) == 2 and parts[1] == "item.json":  # items of this collection, not of nested ones
                     item = self._get_json(key)
                     if item is not None:
-                        found.append((key.rsplit("/", 2)[-2], item))
+                        found.append((parts[0], item))
         return sorted(found, key=lambda pair: pair[0])
 
     def write_json(self, name: str, data: dict[str, Any]) -> None:

@@ -59,23 +59,40 @@ def _open(engine: Any, policy: Any, spec: SourceSpec) -> Any:
     return cluster_reader(engine, policy, RequestLimits())(source)
 
 
-def plan_source(engine: Any, policy: Any, spec: SourceSpec, band_rows: int = BAND_ROWS) -> list[tuple[int, int]]:
-    """The source's bands of block rows, [i0, i1), each one task."""
+def plan_source(
+    engine: Any, policy: Any, spec: SourceSpec, band_rows: int = BAND_ROWS
+) -> tuple[list[tuple[int, int]], str]:
+    """The source's bands of block rows, [i0, i1), each one task, and the source's version (every
+    band and the publish step check they read that version: a file replaced mid-run is a retry)."""
     with _open(engine, policy, spec) as src:
         rows = src.view.grid.window_rows
-    return [(i0, min(rows, i0 + band_rows)) for i0 in range(0, rows, band_rows)]
+        key = src.view.key
+    return [(i0, min(rows, i0 + band_rows)) for i0 in range(0, rows, band_rows)], key
 
 
-def render_band(engine: Any, policy: Any, spec: SourceSpec, i0: int, i1: int) -> Any:
+def _check_version(spec: SourceSpec, src: Any, key: str | None) -> None:
+    if key is not None and src.view.key != key:
+        raise RuntimeError(f"{spec.id}: the source changed while it was being rendered")
+
+
+def render_band(engine: Any, policy: Any, spec: SourceSpec, i0: int, i1: int, key: str | None = None) -> Any:
     """Cluster IDs of block rows [i0, i1): patch rows [i0 × core, i1 × core) clipped to the scene."""
     from dinotiles.core.render import band_ids
 
     with _open(engine, policy, spec) as src:
+        _check_version(spec, src, key)
         return band_ids(engine, src.view, i0, i1)
 
 
 def publish_source(
-    engine: Any, policy: Any, spec: SourceSpec, out: str, prints: dict[str, Any], bands: list[Any], started: float
+    engine: Any,
+    policy: Any,
+    spec: SourceSpec,
+    out: str,
+    prints: dict[str, Any],
+    bands: list[Any],
+    started: float,
+    key: str | None = None,
 ) -> dict[str, Any]:
     """The bands joined into the scene's COGs and STAC item, written in a scratch folder, then
     published (item.json last)."""
@@ -93,6 +110,7 @@ def publish_source(
     ids = np.concatenate(bands, axis=0)
     with tempfile.TemporaryDirectory(prefix="dinotiles-batch-") as tmp, _open(engine, policy, spec) as src:
         view = src.view
+        _check_version(spec, src, key)
         if ids.shape != (view.grid.rows, view.grid.cols):
             shape = (view.grid.rows, view.grid.cols)
             raise RuntimeError(f"{spec.id}: the bands make {ids.shape}, the scene is {shape}")
@@ -105,7 +123,7 @@ def publish_source(
         item = result_item(spec, bounds, engine.bundle, prints, view.key)
         (part / "item.json").write_text(json.dumps(item, indent=1) + "\n")
         output.publish(spec.id, part)
-    return {"id": spec.id, "patches": int((ids != NODATA).sum()), "seconds": time.perf_counter() - started}
+    return {"id": spec.id, "patches": int((ids != NODATA).sum()), "seconds": time.time() - started}
 
 
 def _worker_env() -> dict[str, str]:
@@ -142,10 +160,10 @@ def actor_resources() -> tuple[dict[str, float], int]:
     import ray
 
     resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0))
-    if gpus:
-        return {"num_gpus": 1 / ACTORS_PER_GPU, "num_cpus": 1}, gpus * ACTORS_PER_GPU
-    return {"num_cpus": 1}, int(resources.get("CPU", 1))
+    gpus, cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
+    if gpus:  # never more actors than CPUs to place them on (they would wait for ever)
+        return {"num_gpus": 1 / ACTORS_PER_GPU, "num_cpus": 1}, min(gpus * ACTORS_PER_GPU, cpus)
+    return {"num_cpus": 1}, cpus
 
 
 def scene_vectors(hrefs: list[str], feature: str, address: str | None, workers: int | None) -> list[Any]:
@@ -212,6 +230,7 @@ class _Scene:
     attempt: int = 0
     bands: dict[int, Any] = field(default_factory=dict)
     expected: int = 0
+    key: str | None = None  # the source's version the plan saw
     failed: bool = False
 
 
@@ -229,13 +248,13 @@ def _schedule(
     publish the scene. A task that fails is tried again (a dead worker is replaced first); a scene
     whose task still fails after ``retries`` is reported and the others go on."""
     import ray
-    from ray.exceptions import RayActorError, RayTaskError
+    from ray.exceptions import RayActorError, RayError, RayTaskError
 
     per_worker, default = actor_resources()
     n = max(1, workers or default)
     renderer = ray.remote(Renderer).options(max_restarts=2, max_task_retries=2, **per_worker)  # type: ignore[attr-defined]
     actors = [renderer.remote(out) for _ in range(n)]
-    scenes = {spec.id: _Scene(spec, time.perf_counter()) for spec in todo}
+    scenes = {spec.id: _Scene(spec, time.time()) for spec in todo}  # wall clock: compared on other hosts
     # (kind, scene id, band index or -1, band) — bands go first so that a started scene finishes
     queue: deque[tuple[str, str, int, tuple[int, int]]] = deque(("plan", s.id, -1, (0, 0)) for s in todo)
     pending: dict[Any, tuple[str, str, int, tuple[int, int], int]] = {}
@@ -253,11 +272,13 @@ def _schedule(
             if kind == "plan":
                 ref = actor.plan.remote(scene.spec, band_rows)  # type: ignore[attr-defined]
             elif kind == "band":
-                ref = actor.band.remote(scene.spec, *band)  # type: ignore[attr-defined]
+                ref = actor.band.remote(scene.spec, *band, scene.key)  # type: ignore[attr-defined]
             else:
                 parts = [scene.bands[i] for i in range(scene.expected)]
-                ref = actor.publish.remote(scene.spec, prints, scene.started, *parts)  # type: ignore[attr-defined]
+                ref = actor.publish.remote(scene.spec, prints, scene.started, scene.key, *parts)  # type: ignore[attr-defined]
             pending[ref] = (*task, a)
+        if not pending:  # what was queued belonged to scenes that have failed
+            continue
         ready, _ = ray.wait(list(pending), num_returns=1)
         kind, sid, k, band, a = pending.pop(ready[0])
         idle.append(a)
@@ -270,12 +291,15 @@ def _schedule(
         except RayTaskError as exc:
             cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else exc
             error = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        except RayError as exc:  # lost objects, out of memory, …: this task, not the whole run
+            error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
         else:
             if scene.failed:
                 continue
             if kind == "plan":
-                scene.expected = len(result)
-                queue.extendleft(reversed([("band", sid, i, b) for i, b in enumerate(result)]))
+                planned, scene.key = result
+                scene.expected = len(planned)
+                queue.extendleft(reversed([("band", sid, i, b) for i, b in enumerate(planned)]))
             elif kind == "band":
                 scene.bands[k] = result
                 if len(scene.bands) == scene.expected:
@@ -293,6 +317,7 @@ def _schedule(
         else:
             scene.failed = True
             scene.bands.clear()
+            queue = deque(t for t in queue if t[1] != sid)  # its other tasks are not run
             summary.failed.append({"id": sid, "error": error})
             bar.update(1)
     bar.close()
@@ -326,17 +351,19 @@ class Renderer:
         with _plain_errors(SourceSpec(href, href)), reader(resolve_source(href, self.policy)) as src:
             return item_feature(self.engine, src.view, feature)
 
-    def plan(self, spec: SourceSpec, band_rows: int) -> list[tuple[int, int]]:
+    def plan(self, spec: SourceSpec, band_rows: int) -> tuple[list[tuple[int, int]], str]:
         with _plain_errors(spec):
             return plan_source(self.engine, self.policy, spec, band_rows)
 
-    def band(self, spec: SourceSpec, i0: int, i1: int) -> Any:
+    def band(self, spec: SourceSpec, i0: int, i1: int, key: str | None) -> Any:
         with _plain_errors(spec):
-            return render_band(self.engine, self.policy, spec, i0, i1)
+            return render_band(self.engine, self.policy, spec, i0, i1, key)
 
-    def publish(self, spec: SourceSpec, prints: dict[str, Any], started: float, *bands: Any) -> dict[str, Any]:
+    def publish(
+        self, spec: SourceSpec, prints: dict[str, Any], started: float, key: str | None, *bands: Any
+    ) -> dict[str, Any]:
         with _plain_errors(spec):
-            return publish_source(self.engine, self.policy, spec, self.out, prints, list(bands), started)
+            return publish_source(self.engine, self.policy, spec, self.out, prints, list(bands), started, key)
 
 
 @contextmanager

@@ -8,9 +8,11 @@ from collections.abc import Hashable
 
 import numpy as np
 
+ENTRY_OVERHEAD = 256  # bytes an entry costs beyond its array (key, node, header): empty arrays are not free
+
 
 class ByteLRU:
-    """Evicts least-recently-used arrays once their total ``nbytes`` passes ``capacity``."""
+    """Evicts least-recently-used arrays once their total size (``nbytes`` + overhead) passes ``capacity``."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = max(0, capacity)
@@ -31,17 +33,18 @@ class ByteLRU:
             return value
 
     def put(self, key: Hashable, value: np.ndarray) -> None:
-        if value.nbytes > self.capacity:
+        cost = value.nbytes + ENTRY_OVERHEAD
+        if cost > self.capacity:
             return
         with self._lock:
             old = self._items.pop(key, None)
             if old is not None:
-                self.size -= old.nbytes
+                self.size -= old.nbytes + ENTRY_OVERHEAD
             self._items[key] = value
-            self.size += value.nbytes
+            self.size += cost
             while self.size > self.capacity:
                 _, evicted = self._items.popitem(last=False)
-                self.size -= evicted.nbytes
+                self.size -= evicted.nbytes + ENTRY_OVERHEAD
 
     def clear(self) -> None:
         with self._lock:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -41,9 +42,12 @@ EMPTY = np.zeros((0, 0, 0), np.float16)  # a window with (almost) no data: no fe
 Block = tuple[int, int]
 
 
+MATCHING = "m2"  # how features become IDs: float16 features, matched in numpy (bump when that changes)
+
+
 def fingerprint_for(bundle: Bundle, precision_tag: str, blend: bool) -> str:
-    """What cached and precomputed IDs are keyed on: the bundle, the precision, the blending."""
-    return bundle.fingerprint + precision_tag + ("-blend" if blend else "")
+    """What cached and precomputed IDs are keyed on: the bundle, the precision, the matching, the blending."""
+    return f"{bundle.fingerprint}{precision_tag}-{MATCHING}" + ("-blend" if blend else "")
 
 
 @dataclass
@@ -81,9 +85,11 @@ class ClusterEngine:
         self.queue = queue or InferenceQueue(encoder, max_queue=1 << 30)
         self.blend = blend
         self.results = results  # source identity → its precomputed cluster_ids.tif (DINOTILES_RESULTS)
+        self._bad_results: dict[str, float] = {}  # href → until when it is not tried again
         self.features = features if features is not None else ByteLRU(FEATURE_CACHE_BYTES)
         self.terms = assignment_terms(bundle.codebook)
-        self._inflight: dict[tuple[str, str, int, int], threading.Event] = {}
+        # window → (done, its features once done): waiters take them from here, not from the LRU
+        self._inflight: dict[tuple[str, str, int, int], tuple[threading.Event, dict[str, np.ndarray]]] = {}
         self._lock = threading.Lock()
         # reduced-precision features may match differently from fp32 ones, blended IDs from unblended
         # ones: neither ever shares a cache entry with the other
@@ -178,27 +184,39 @@ class ClusterEngine:
 
     def _from_results(self, view: SourceView, blocks: list[Block], out: dict[Block, np.ndarray]) -> list[Block]:
         """Blocks of a source ``dinotiles batch`` already rendered (same version, same fingerprint) are
-        read from its cluster_ids.tif, whose pixels are this grid's patches: no inference at all."""
+        read from its cluster_ids.tif, whose pixels are this grid's patches: no inference at all.
+        A result that cannot be read is logged and skipped for a minute (the blocks are encoded)."""
+        from dinotiles.core.errors import DinotilesError
+        from dinotiles.core.precomputed import open_ids
+
         href = self.results(view.key) if self.results is not None and blocks else None
-        if href is None:
+        if href is None or time.monotonic() < self._bad_results.get(href, 0.0):
             return blocks
         core = view.grid.core
         try:
-            with rasterio.open(href) as ds:
+            with open_ids(href) as ds:
                 if (ds.height, ds.width) != (view.grid.rows, view.grid.cols):
                     logger.warning("results %s do not match the grid of %s: encoding instead", href, view.key)
+                    self._bad_results[href] = time.monotonic() + 60
                     return blocks
                 for i, j in blocks:
                     window = Window(j * core, i * core, core, core)
                     ids = ds.read(1, window=window, boundless=True, fill_value=NODATA).astype(np.uint16)
                     self.cache.put(self._key(view, (i, j)), ids)
                     out[(i, j)] = ids
-        except rasterio.errors.RasterioIOError:
-            logger.exception("results %s unreadable: encoding instead", href)
+        except (DinotilesError, rasterio.errors.RasterioError) as exc:
+            logger.warning("results %s unreadable (%s): encoding instead for a minute", href, exc)
+            self._bad_results[href] = time.monotonic() + 60
             return [ij for ij in blocks if ij not in out]
         return []
 
-    def _match(self, grid: Grid, block: Block, feats: dict[Block, np.ndarray]) -> np.ndarray:
+    def sample_ids(self, view: SourceView, blocks: list[Block]) -> dict[Block, np.ndarray]:
+        """IDs of scattered blocks each matched on its own window only: a statistics sample, where a
+        ring of neighbours per block would cost up to 9× the windows. Not cached as final IDs."""
+        feats = self.window_features(view, blocks)
+        return {ij: self._match(view.grid, ij, feats, own_only=True) for ij in blocks}
+
+    def _match(self, grid: Grid, block: Block, feats: dict[Block, np.ndarray], own_only: bool = False) -> np.ndarray:
         """Each patch of ``block``: the validity-weighted mean of its features over the windows that
         hold it (flat weights: measured as good as a taper, docs/consistency.md), then the nearest
         centroid. Patches the block's own window finds invalid, and blocks whose window was skipped,
@@ -210,7 +228,7 @@ class ClusterEngine:
             return ids
         acc = np.zeros((core, core, own.shape[-1] - 1), np.float32)
         weight = np.zeros((core, core), np.float32)
-        for ij in self.sources(grid, block):
+        for ij in [block] if own_only else self.sources(grid, block):
             f = feats[ij]
             if f.size == 0:
                 continue
@@ -235,7 +253,7 @@ class ClusterEngine:
         window with too little data; misses go through the inference queue, each window once."""
         out: dict[Block, np.ndarray] = {}
         mine: list[Block] = []
-        waits: list[tuple[Block, threading.Event]] = []
+        waits: list[tuple[Block, threading.Event, dict[str, np.ndarray]]] = []
         for ij in windows:
             key = self._wkey(view, ij)
             hit = self.features.get(key)
@@ -243,23 +261,28 @@ class ClusterEngine:
                 out[ij] = hit
                 continue
             with self._lock:
-                event = self._inflight.get(key)
-                if event is None:
-                    self._inflight[key] = threading.Event()
+                entry = self._inflight.get(key)
+                if entry is None:
+                    self._inflight[key] = (threading.Event(), {})
                     mine.append(ij)
                 else:
-                    waits.append((ij, event))
+                    waits.append((ij, *entry))
+        done: dict[Block, np.ndarray] = {}
         try:
-            out.update(self._encode(view, mine))
+            done = self._encode(view, mine)
+            out.update(done)
         finally:
             with self._lock:
                 for ij in mine:
-                    self._inflight.pop(self._wkey(view, ij)).set()
-        for ij, event in waits:
+                    event, holder = self._inflight.pop(self._wkey(view, ij))
+                    if ij in done:
+                        holder["features"] = done[ij]
+                    event.set()
+        for ij, event, holder in waits:
             while not event.wait(timeout=0.5):
                 check_deadline()
-            hit = self.features.get(self._wkey(view, ij))
-            out[ij] = hit if hit is not None else self._encode(view, [ij])[ij]  # evicted, or its owner failed
+            found = holder.get("features")
+            out[ij] = found if found is not None else self._encode(view, [ij])[ij]  # its owner failed: try ourselves
         return out
 
     def _encode(self, view: SourceView, windows: list[Block]) -> dict[Block, np.ndarray]:

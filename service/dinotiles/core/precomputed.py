@@ -20,12 +20,17 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import attr
 import numpy as np
 import rasterio
+import rasterio.errors
+import rasterio.warp
+import rasterio.windows
 from morecantile import Tile, TileMatrixSet
 from rasterio.crs import CRS
 from rasterio.warp import transform_bounds
@@ -106,29 +111,44 @@ def load_collection(location: str, fingerprint: str) -> ResultCollection | None:
         return None
     items = []
     for folder, item in output.items():
-        props = item.get("properties", {})
-        href = _asset_href(output, folder, item)
-        if props.get("dinotiles:bundle") != fingerprint or href is None or len(item.get("bbox", ())) != 4:
-            logger.info("results %s/%s: other bundle or malformed, not served", location, folder)
-            continue
-        items.append(
-            ResultItem(
-                id=str(item.get("id", folder)),
-                bbox=tuple(float(v) for v in item["bbox"]),  # type: ignore[arg-type]
-                ids_href=href,
-                source_key=props.get("dinotiles:source"),
-                datetime=str(props.get("datetime", "")),
+        try:
+            props = item.get("properties", {})
+            href = _asset_href(output, folder, item)
+            if props.get("dinotiles:bundle") != fingerprint or href is None:
+                logger.info(
+                    "results %s/%s: made with another bundle, or no asset of its own: not served", location, folder
+                )
+                continue
+            w, s, e, n = (float(v) for v in item["bbox"])
+            source = props.get("dinotiles:source")
+            items.append(
+                ResultItem(
+                    str(item.get("id", folder)),
+                    (w, s, e, n),
+                    href,
+                    str(source) if source else None,
+                    str(props.get("datetime", "")),
+                )
             )
-        )
+        except (AttributeError, KeyError, TypeError, ValueError):  # one malformed item.json hides only itself
+            logger.warning("results %s/%s: malformed item.json, not served", location, folder)
     if not items:
         return None
     # newest first: where items overlap, the mosaic shows the most recent
     items.sort(key=lambda i: i.datetime, reverse=True)
-    return ResultCollection(str(document["id"]), str(document.get("description", "")), location, tuple(items), document)
+    scenes = output.read_json("scenes.json")  # `scenes cluster --results` beside it
+    return ResultCollection(
+        str(document["id"]), str(document.get("description", "")), location, tuple(items), document, scenes
+    )
 
 
 class ResultsIndex:
-    """The result collections under ``locations``, rescanned at most every ``refresh_seconds``."""
+    """The result collections under ``locations``, relisted in the background every ``refresh_seconds``.
+
+    Requests read the last snapshot and never wait for a listing (thousands of S3 objects take a
+    while); only the very first use lists synchronously. A location that fails to list keeps its
+    last good collections.
+    """
 
     def __init__(self, locations: tuple[str, ...], fingerprint: str, refresh_seconds: float = REFRESH_SECONDS) -> None:
         self.locations = locations
@@ -136,37 +156,55 @@ class ResultsIndex:
         self.refresh_seconds = refresh_seconds
         self._lock = threading.Lock()
         self._loaded = -math.inf
+        self._scanning = False
+        self._by_location: dict[str, list[ResultCollection]] = {}
         self._collections: dict[str, ResultCollection] = {}
         self._by_source: dict[str, ResultItem] = {}
 
+    def _scan_location(self, location: str) -> list[ResultCollection]:
+        first = load_collection(location, self.fingerprint)
+        if first is not None:
+            return [first]
+        from dinotiles.batch.outputs import open_output
+
+        output = open_output(location, create=False)
+        found = [load_collection(output.href(child), self.fingerprint) for child in output.children()]
+        return [c for c in found if c is not None]
+
     def _scan(self) -> None:
-        found: dict[str, ResultCollection] = {}
         for location in self.locations:
             try:
-                candidates = [location]
-                first = load_collection(location, self.fingerprint)
-                if first is None:
-                    from dinotiles.batch.outputs import open_output
-
-                    output = open_output(location, create=False)
-                    candidates = [output.href(child) for child in output.children()]
-                else:
-                    found.setdefault(first.id, first)
-                    continue
-                for child in candidates:
-                    collection = load_collection(child, self.fingerprint)
-                    if collection is not None:
-                        found.setdefault(collection.id, collection)
+                self._by_location[location] = self._scan_location(location)
             except Exception:  # one unreadable location must not take the others (or the server) down
-                logger.exception("results location %s could not be read", location)
+                logger.exception("results location %s could not be listed; keeping what it had", location)
+        found: dict[str, ResultCollection] = {}
+        for collections in self._by_location.values():
+            for c in collections:
+                found.setdefault(c.id, c)
         self._collections = found
         self._by_source = {i.source_key: i for c in found.values() for i in c.items if i.source_key}
 
-    def _fresh(self) -> None:
-        with self._lock:
-            if time.monotonic() - self._loaded >= self.refresh_seconds:
-                self._scan()
+    def _refresh(self) -> None:
+        try:
+            self._scan()
+        finally:
+            with self._lock:
                 self._loaded = time.monotonic()
+                self._scanning = False
+
+    def _fresh(self) -> None:
+        if not self.locations:
+            return
+        with self._lock:
+            stale = time.monotonic() - self._loaded >= self.refresh_seconds
+            first = self._loaded == -math.inf
+            if not stale or self._scanning:
+                return
+            self._scanning = True
+        if first:
+            self._refresh()  # nothing to answer from yet
+        else:
+            threading.Thread(target=self._refresh, name="dinotiles-results-scan", daemon=True).start()
 
     def collections(self) -> dict[str, ResultCollection]:
         self._fresh()
@@ -185,10 +223,42 @@ class ResultsIndex:
         return None if item is None else item.ids_href
 
 
-def _gsd_zoom(tms: TileMatrixSet, lat: float, gsd: float) -> int:
-    """The zoom whose pixels are closest to ``gsd`` metres at latitude ``lat`` (Web Mercator-like TMS)."""
-    scale = 1 / max(math.cos(math.radians(lat)), 1e-6) if tms.rasterio_crs == CRS.from_epsg(3857) else 1.0
-    return int(tms.zoom_for_res(gsd * scale))
+def results_env() -> rasterio.Env:
+    """GDAL options for reading results: bounded HTTP waits, no directory listings. The locations are
+    the operator's; the files are opened as GeoTIFFs only (a VRT could point anywhere)."""
+    return rasterio.Env(
+        GDAL_HTTP_TIMEOUT=10,
+        GDAL_HTTP_CONNECTTIMEOUT=5,
+        GDAL_HTTP_LOW_SPEED_TIME=10,
+        GDAL_HTTP_LOW_SPEED_LIMIT=1024,
+        GDAL_HTTP_MAX_RETRY=1,
+        GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR",
+        CPL_VSIL_CURL_ALLOWED_EXTENSIONS=".tif",
+    )
+
+
+@contextmanager
+def open_ids(href: str) -> Iterator[rasterio.DatasetReader]:
+    """A result's cluster_ids.tif, as a GeoTIFF only; a failure is the error a client can act on
+    (502/504 for an unreachable store, 400 for a broken file), never a 500."""
+    from dinotiles.core.sources import classify_error
+
+    started = time.monotonic()
+    try:
+        with results_env(), rasterio.open(href, driver="GTiff") as ds:
+            yield ds
+    except rasterio.errors.RasterioError as exc:
+        raise classify_error(href, exc, started, 10.0) from exc
+
+
+def _gsd_zoom(tms: TileMatrixSet, lon: float, lat: float, gsd: float) -> int:
+    """The zoom whose pixels are closest to ``gsd`` ground metres at (lon, lat), in any TMS's units."""
+    from dinotiles.core.grid import ground_scale
+
+    bounds = tms.xy_bbox
+    xs, ys = rasterio.warp.transform(WGS84_CRS, tms.rasterio_crs, [lon], [lat])
+    scale = ground_scale(tms.rasterio_crs, xs[0], ys[0], step=(bounds.right - bounds.left) / 1e6)
+    return int(tms.zoom_for_res(gsd / scale))
 
 
 @attr.s
@@ -214,9 +284,9 @@ class CollectionReader:
         self.collection = self.index.get(str(self.input))
         self.bounds = self.collection.bbox
         self.crs = WGS84_CRS
-        south, north = self.bounds[1], self.bounds[3]
+        west, south, east, north = self.bounds
         self.minzoom = self.tms.minzoom
-        self.maxzoom = _gsd_zoom(self.tms, (south + north) / 2, self.gsd)
+        self.maxzoom = _gsd_zoom(self.tms, (west + east) / 2, (south + north) / 2, self.gsd)
 
     def __enter__(self) -> CollectionReader:
         return self
@@ -245,7 +315,7 @@ class CollectionReader:
 
         def read(href: str, x: int, y: int, z: int, **_: Any) -> ImageData:
             check_deadline()
-            with Reader(href, tms=self.tms) as src:
+            with open_ids(href) as ds, Reader(href, dataset=ds, tms=self.tms) as src:
                 return src.tile(x, y, z, tilesize=size, resampling_method="nearest", reproject_method="nearest")
 
         image, _ = mosaic_reader(
@@ -264,7 +334,7 @@ class CollectionReader:
             w, s, e, n = item.bbox
             if not (w <= lon <= e and s <= lat <= n):
                 continue
-            with rasterio.open(item.ids_href) as ds:
+            with open_ids(item.ids_href) as ds:
                 x, y = rasterio.warp.transform(WGS84_CRS, ds.crs, [lon], [lat])
                 row, col = ds.index(x[0], y[0])
                 if not (0 <= row < ds.height and 0 <= col < ds.width):
@@ -299,10 +369,13 @@ class CollectionReader:
         self.covered = []
         for item in items:
             check_deadline()
-            with rasterio.open(item.ids_href) as ds:
+            with open_ids(item.ids_href) as ds:
                 left, bottom, right, top = transform_bounds(WGS84_CRS, ds.crs, *bbox, densify_pts=21)
                 window = from_bounds(left, bottom, right, top, ds.transform).round_offsets().round_lengths()
-                window = window.intersection(rasterio.windows.Window(0, 0, ds.width, ds.height))
+                try:
+                    window = window.intersection(rasterio.windows.Window(0, 0, ds.width, ds.height))
+                except rasterio.errors.WindowError:  # the bbox meets the item's envelope, not its raster
+                    continue
                 pixels += int(window.width * window.height)
                 if pixels > self.max_pixels:
                     raise RequestTooLarge(f"the bbox covers over {self.max_pixels:,} precomputed patches")

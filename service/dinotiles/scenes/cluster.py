@@ -7,6 +7,7 @@ nonparametric mixture that infers the number of clusters and the memberships tog
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,14 +171,21 @@ def partition(
     proba = gmm.predict_proba(embedding)
     raw = proba.argmax(axis=1)
     counts = np.bincount(raw, minlength=proba.shape[1])
-    kept = [c for c in np.unique(raw) if counts[c] >= method.min_share * n] or [int(np.argmax(counts))]
-    # items of negligible components go to their most probable kept component
+    needed = math.ceil(method.min_share * n - 1e-9)  # in items: 7 of 25 means 7, whatever 7/25 rounds to
+    kept = [c for c in np.unique(raw) if counts[c] >= needed] or [int(np.argmax(counts))]
+    # items of negligible components go to their most probable kept component, or where that is
+    # numerically nothing (far from every kept one), to the nearest kept mean
     restricted = proba[:, kept]
     chosen = restricted.argmax(axis=1)
+    lost = restricted.sum(axis=1) < 1e-9
+    if lost.any():
+        d = np.linalg.norm(embedding[lost][:, None] - gmm.means_[kept][None], axis=-1)
+        chosen[lost] = d.argmin(axis=1)
     order = np.argsort(-np.bincount(chosen, minlength=len(kept)), kind="stable")
     rank = np.empty_like(order)
     rank[order] = np.arange(len(order))
     probs = restricted.max(axis=1) / np.maximum(restricted.sum(axis=1), 1e-12)
+    probs[lost] = 0.0  # placed, but the mixture vouches for none of it
     return _compact(rank[chosen]), probs
 
 
@@ -185,7 +193,7 @@ def _hdbscan(embedding: np.ndarray, method: SceneMethod) -> tuple[np.ndarray, np
     from sklearn.cluster import HDBSCAN
 
     n = len(embedding)
-    found = HDBSCAN(min_cluster_size=max(2, round(method.min_share * n)), copy=True).fit(embedding)
+    found = HDBSCAN(min_cluster_size=max(2, math.ceil(method.min_share * n - 1e-9)), copy=True).fit(embedding)
     labels, probs = found.labels_.copy(), found.probabilities_.copy()
     clusters = [c for c in np.unique(labels) if c >= 0]
     if not clusters:

@@ -46,6 +46,10 @@ class CollectionTilerFactory(ClusterTilerFactory):
         self.path_dependency = collection_source
         TilerFactory.__attrs_post_init__(self)
 
+    def tile_max_age(self, src: str) -> int:
+        """A collection changes when a batch adds to it: no longer than its relisting interval."""
+        return max(1, min(3600, int(self.settings.results_refresh_seconds)))
+
     def register_routes(self) -> None:
         self.tile()
         self.tilejson()

@@ -200,6 +200,11 @@ class ClusterTilerFactory(TilerFactory):
         self.statistics()
         self.legend()
 
+    def tile_max_age(self, src: str) -> int:
+        """Seconds a CDN may keep a tile: a remote object is rechecked every DINOTILES_REVALIDATE_SECONDS."""
+        remote = src.startswith(("http://", "https://", "s3://"))
+        return min(3600, int(self.settings.revalidate_seconds)) if remote else 3600
+
     def _tms_literal(self) -> Any:
         return Literal[tuple(self.supported_tms.list())]
 
@@ -230,10 +235,7 @@ class ClusterTilerFactory(TilerFactory):
             tms = self.supported_tms.get(tileMatrixSetId)
             check_tile_index(tms, x, y, z)
             size = tilesize or 256 * scale
-            remote = src.startswith(("http://", "https://", "s3://"))
-            # a remote object is rechecked every DINOTILES_REVALIDATE_SECONDS: caches must not keep it longer
-            max_age = min(3600, int(self.settings.revalidate_seconds)) if remote else 3600
-            headers = {"Cache-Control": f"public, max-age={max_age}"}
+            headers = {"Cache-Control": f"public, max-age={self.tile_max_age(src)}"}
             with deadline(tile_timeout), timing.collect() as spans, self.open(src, tileMatrixSetId) as reader:
                 # the identity the window cache uses (for sources without validators it needs the open file)
                 headers["ETag"] = etag_for(fingerprint, reader.identity, tms.id, z, x, y, size, format.value, style.key)

@@ -39,7 +39,7 @@ def sample_windows(view: SourceView, n: int, seed: int = 0) -> list[tuple[int, i
 def sampled_counts(engine: ClusterEngine, view: SourceView, n: int = STATS_SAMPLE) -> tuple[np.ndarray, int, int]:
     """Cluster counts over a sample of windows: (counts, windows sampled, windows in the item)."""
     windows = sample_windows(view, n)
-    ids = engine.block_ids(view, windows)
+    ids = engine.sample_ids(view, windows)  # one window a block: the request costs what it samples
     values = np.concatenate([a.ravel() for a in ids.values()])
     valid = values[values != NODATA]
     total = view.grid.window_rows * view.grid.window_cols
