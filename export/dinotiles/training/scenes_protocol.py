@@ -194,7 +194,8 @@ def evaluate_protocol(
             rows[f"{name} + UMAP + k-means (true K)"] = _score(truth, _kmeans(emb, k, split["seed"]))
             rows[f"{name} + UMAP + chosen (infers K)"] = _score(truth, partition(emb, method, split["seed"])[0])
             old = embed(x, DEFAULT_METHOD, split["seed"])
-            rows[f"{name} + UMAP + DP-GMM, old defaults"] = _score(truth, partition(old, DEFAULT_METHOD, split["seed"])[0])
+            before = partition(old, DEFAULT_METHOD, split["seed"])[0]
+            rows[f"{name} + UMAP + DP-GMM, old defaults"] = _score(truth, before)
             rows[f"{name}: linear probe (5-fold)"] = {"acc": _probe(x, truth, split["seed"])}
         split["results"] = rows
         split["true_k"] = k
