@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -19,7 +20,7 @@ from pyproj import Geod, Transformer
 from pyproj.aoi import AreaOfInterest
 from pyproj.database import query_utm_crs_info
 from rasterio.crs import CRS
-from rasterio.warp import transform_bounds
+from rasterio.warp import transform, transform_bounds
 from rio_tiler.io import Reader
 
 from dinotiles.core.limits import RequestTooLarge
@@ -48,6 +49,14 @@ def ground_scale(crs: CRS, x: float, y: float, step: float) -> float:
     (lon0, lon1), (lat0, lat1) = to_geo.transform([x, x + step], [y, y])
     _, _, dist = Geod(ellps="WGS84").inv(lon0, lat0, lon1, lat1)
     return float(dist / step)
+
+
+def zoom_for_gsd(tms: Any, crs: CRS, x: float, y: float, gsd: float) -> int:
+    """The TMS zoom whose pixels are closest to ``gsd`` ground metres at (x, y) of ``crs``: deeper only magnifies."""
+    bounds = tms.xy_bbox
+    xs, ys = transform(crs, tms.rasterio_crs, [x], [y])
+    scale = ground_scale(tms.rasterio_crs, xs[0], ys[0], step=(bounds.right - bounds.left) / 1e6)
+    return int(tms.zoom_for_res(gsd / scale))
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, ClassVar
 
 import attr
@@ -44,6 +45,7 @@ from rio_tiler.mosaic.methods import FirstMethod
 
 from dinotiles.core.encoder import NODATA
 from dinotiles.core.errors import NotFound
+from dinotiles.core.grid import zoom_for_gsd
 from dinotiles.core.limits import RequestTooLarge, check_deadline
 
 logger = logging.getLogger("dinotiles.results")
@@ -75,12 +77,12 @@ class ResultCollection:
     document: dict[str, Any] = field(repr=False)
     scenes: dict[str, Any] | None = field(default=None, repr=False)  # `scenes cluster --results`
 
-    @property
+    @cached_property
     def bbox(self) -> tuple[float, float, float, float]:
         boxes = np.array([item.bbox for item in self.items])
         return (*boxes[:, :2].min(axis=0), *boxes[:, 2:].max(axis=0))  # type: ignore[return-value]
 
-    @property
+    @cached_property
     def version(self) -> str:
         """Changes whenever an item is added or re-rendered: part of tiles' ETags."""
         import hashlib
@@ -251,16 +253,6 @@ def open_ids(href: str) -> Iterator[rasterio.DatasetReader]:
         raise classify_error(href, exc, started, 10.0) from exc
 
 
-def _gsd_zoom(tms: TileMatrixSet, lon: float, lat: float, gsd: float) -> int:
-    """The zoom whose pixels are closest to ``gsd`` ground metres at (lon, lat), in any TMS's units."""
-    from dinotiles.core.grid import ground_scale
-
-    bounds = tms.xy_bbox
-    xs, ys = rasterio.warp.transform(WGS84_CRS, tms.rasterio_crs, [lon], [lat])
-    scale = ground_scale(tms.rasterio_crs, xs[0], ys[0], step=(bounds.right - bounds.left) / 1e6)
-    return int(tms.zoom_for_res(gsd / scale))
-
-
 @attr.s
 class CollectionReader:
     """A result collection as one layer: what the tile, point and statistics routes ask of a reader.
@@ -286,7 +278,7 @@ class CollectionReader:
         self.crs = WGS84_CRS
         west, south, east, north = self.bounds
         self.minzoom = self.tms.minzoom
-        self.maxzoom = _gsd_zoom(self.tms, (west + east) / 2, (south + north) / 2, self.gsd)
+        self.maxzoom = zoom_for_gsd(self.tms, WGS84_CRS, (west + east) / 2, (south + north) / 2, self.gsd)
 
     def __enter__(self) -> CollectionReader:
         return self
@@ -330,10 +322,16 @@ class CollectionReader:
         )
 
     def cluster_point(self, lon: float, lat: float) -> dict[str, Any]:
-        for item in self.collection.items:
-            w, s, e, n = item.bbox
-            if not (w <= lon <= e and s <= lat <= n):
-                continue
+        """The cluster under (lon, lat) in the newest item that has data there (items bounded as for tiles)."""
+        under = [i for i in self.collection.items if i.bbox[0] <= lon <= i.bbox[2] and i.bbox[1] <= lat <= i.bbox[3]]
+        if not under:
+            raise TileOutsideBounds(f"point ({lon}, {lat}) is outside collection {self.collection.id!r}")
+        if len(under) > self.max_items:
+            raise RequestTooLarge(
+                f"({lon}, {lat}) lies in {len(under)} items, over DINOTILES_MAX_MOSAIC_ITEMS={self.max_items}"
+            )
+        for item in under:
+            check_deadline()
             with open_ids(item.ids_href) as ds:
                 x, y = rasterio.warp.transform(WGS84_CRS, ds.crs, [lon], [lat])
                 row, col = ds.index(x[0], y[0])
@@ -342,8 +340,6 @@ class CollectionReader:
                 value = int(ds.read(1, window=((row, row + 1), (col, col + 1)))[0, 0])
             if value != NODATA:
                 return {"cluster": value, "patch": {"row": int(row), "col": int(col)}, "item": item.id}
-        if not any(i.bbox[0] <= lon <= i.bbox[2] and i.bbox[1] <= lat <= i.bbox[3] for i in self.collection.items):
-            raise TileOutsideBounds(f"point ({lon}, {lat}) is outside collection {self.collection.id!r}")
         return {"cluster": None, "patch": {}, "item": None}
 
     def cluster_counts(self, bbox: tuple[float, float, float, float]) -> tuple[np.ndarray, int]:

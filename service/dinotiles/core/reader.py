@@ -27,7 +27,7 @@ from rio_tiler.models import ImageData
 from dinotiles.core.encoder import NODATA
 from dinotiles.core.engine import ClusterEngine, SourceView
 from dinotiles.core.errors import NotFound
-from dinotiles.core.grid import grid_for, ground_scale
+from dinotiles.core.grid import grid_for, zoom_for_gsd
 from dinotiles.core.limits import RequestLimits, RequestTooLarge, bbox_area_m2, split_antimeridian
 from dinotiles.core.sources import (
     GuardedReader,
@@ -124,11 +124,8 @@ class ClusterReader(GuardedReader):
     @property
     def maxzoom(self) -> int:
         """The zoom whose pixels are closest to the analysis GSD: deeper only magnifies."""
-        bounds = self.tms.xy_bbox
         grid = self.view.grid
-        x, y = transform(grid.crs, self.tms.rasterio_crs, [grid.centre()[0]], [grid.centre()[1]])
-        scale = ground_scale(self.tms.rasterio_crs, x[0], y[0], step=(bounds.right - bounds.left) / 1e6)
-        return self.tms.zoom_for_res(self.engine.bundle.gsd / scale)
+        return zoom_for_gsd(self.tms, grid.crs, *grid.centre(), self.engine.bundle.gsd)
 
     def get_geographic_bounds(self, crs: CRS) -> tuple[float, float, float, float]:
         """The analysis grid's bounds (what has clusters) in ``crs``."""
