@@ -275,7 +275,7 @@ def main() -> None:
     n_ours, t_ours = render_region(engine, images[0], render_side)
     log(f"[1] seed method (torch eager fp32, 224 px chips, per-patch loop): {n_seed / t_seed:10.0f} patches/s")
     log(f"[1] render (torch {precision}, 448 px windows, batched):          {n_ours / t_ours:10.0f} patches/s")
-    log(f"[1] ratio render / seed: {(n_ours / t_ours) / (n_seed / t_seed):.1f}x ({n_ours} vs {n_seed} patches)")
+    log(f"[1] ratio render / seed: {(n_ours / t_ours) / (n_seed / t_seed):.2f}x ({n_ours} vs {n_seed} patches)")
 
     # 2. encoder windows/s by batch size
     windows = real_windows(images[0], bundle.window, 8 if small else 64)
