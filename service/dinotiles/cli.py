@@ -114,6 +114,12 @@ def build_parser() -> Parser:
     ev.add_argument(
         "--splits", type=int, help="three-way class splits (fine-tune / choose settings / report), mean ± sd over N"
     )
+    ev.add_argument(
+        "--finetune-sweep",
+        metavar="BxVxE,...",
+        help="instead: fine-tuning variants (last B blocks, V cached views, E epochs) on split --seed, "
+        "judged on its validation classes, e.g. 2x2x2,4x2x2,6x2x2",
+    )
 
     bt = sub.add_parser("batch", help="render many COGs (or a STAC search's items) on Ray into cluster COGs + STAC")
     bt.add_argument("sources", nargs="*", help="COG paths or URLs (else give STAC search options)")
@@ -277,6 +283,19 @@ def cmd_scenes(args: argparse.Namespace) -> None:
 
     if not args.data.is_dir():
         raise CliError(f"no such folder: {args.data}")
+    if args.finetune_sweep:
+        from dinotiles.training.scenes_protocol import finetune_sweep, format_sweep, parse_variants
+
+        try:
+            variants = parse_variants(args.finetune_sweep)
+            sweep = finetune_sweep(
+                args.data, args.weights, args.out, variants, args.per_class, args.finetune_per_class, args.seed
+            )
+        except ValueError as exc:
+            raise CliError(str(exc)) from exc
+        print(format_sweep(sweep))
+        print(f"dinotiles: results in {args.out / f'finetune_sweep_split{args.seed}.json'}")
+        return
     if args.splits:
         from dinotiles.training.scenes_protocol import evaluate_protocol, format_protocol
 

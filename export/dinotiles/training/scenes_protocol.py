@@ -24,7 +24,6 @@ import numpy as np
 from tqdm import tqdm
 
 from dinotiles.scenes.cluster import (
-    DEFAULT_METHOD,
     SceneMethod,
     clustering_scores,
     embed,
@@ -36,6 +35,7 @@ from dinotiles.training.finetune import SIZE, FinetuneConfig, finetune
 from dinotiles.training.scenes_eval import scene_encoder
 
 METRICS = ("acc", "nmi", "ari", "k")
+PREVIOUS_METHOD = SceneMethod(dims=8, neighbours=15)  # the defaults before this protocol chose p = 4, 30
 
 
 def grid() -> list[SceneMethod]:
@@ -193,9 +193,9 @@ def evaluate_protocol(
             rows[f"{name} + k-means (true K)"] = _score(truth, _kmeans(_unit(x), k, split["seed"]))
             rows[f"{name} + UMAP + k-means (true K)"] = _score(truth, _kmeans(emb, k, split["seed"]))
             rows[f"{name} + UMAP + chosen (infers K)"] = _score(truth, partition(emb, method, split["seed"])[0])
-            old = embed(x, DEFAULT_METHOD, split["seed"])
-            before = partition(old, DEFAULT_METHOD, split["seed"])[0]
-            rows[f"{name} + UMAP + DP-GMM, old defaults"] = _score(truth, before)
+            old = embed(x, PREVIOUS_METHOD, split["seed"])
+            before = partition(old, PREVIOUS_METHOD, split["seed"])[0]
+            rows[f"{name} + UMAP + DP-GMM, previous defaults"] = _score(truth, before)
             rows[f"{name}: linear probe (5-fold)"] = {"acc": _probe(x, truth, split["seed"])}
         split["results"] = rows
         split["true_k"] = k
@@ -244,4 +244,90 @@ def format_protocol(summary: dict[str, Any]) -> str:
         cells = [f"{m[k][0]:.3f} ± {m[k][1]:.3f}" if k in m else "" for k in ("acc", "nmi", "ari")]
         kcell = f"{m['k'][0]:.1f} ± {m['k'][1]:.1f}" if "k" in m else ""
         lines.append(f"{name:42} {cells[0]:>13} {cells[1]:>13} {cells[2]:>13} {kcell:>11}")
+    return "\n".join(lines)
+
+
+def parse_variants(text: str) -> list[tuple[int, int, int]]:
+    """``"2x2x2,4x2x2"`` → [(blocks, views, epochs), …]."""
+    out = []
+    for part in text.split(","):
+        try:
+            blocks, views, epochs = (int(v) for v in part.strip().lower().split("x"))
+        except ValueError:
+            raise ValueError(f"a fine-tuning variant is BLOCKSxVIEWSxEPOCHS (e.g. 4x2x2), got {part!r}") from None
+        if min(blocks, views, epochs) < 1:
+            raise ValueError(f"blocks, views and epochs must be at least 1, got {part!r}")
+        out.append((blocks, views, epochs))
+    return out
+
+
+def finetune_sweep(
+    data: Path,
+    weights: str,
+    out: Path,
+    variants: list[tuple[int, int, int]],
+    per_class: int | None = 60,
+    finetune_per_class: int | None = 60,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """What more of the network buys (CPU: last N blocks on cached views), on split ``seed``.
+
+    Each variant fine-tunes on the split's fine-tune classes and is judged on its *validation*
+    classes with the shipped clustering defaults (ACC / NMI / K), UMAP + k-means with the true K, and a
+    linear probe; its test figures are printed beside them but take no part in the choice. Wall
+    clock: caching the frozen blocks' outputs + training, then the held-out images' features.
+    """
+    from dinotiles.scenes.cluster import DEFAULT_METHOD
+
+    out.mkdir(parents=True, exist_ok=True)
+    names = sorted(d.name for d in data.iterdir() if d.is_dir())
+    if len(names) < 6:
+        raise ValueError(f"a three-way split needs at least 6 classes, {data} has {len(names)}")
+    files, labels, classes = read_labelled_folder(data, None, per_class, seed=0)
+    train, val, test = three_way(names, seed)
+    held = [i for i, c in enumerate(labels) if classes[c] in set(val) | set(test)]
+    rows = []
+    for blocks, views, epochs in variants:
+        tag = f"b{blocks}-v{views}-e{epochs}"
+        vdir = out / f"split{seed}-{tag}"
+        started = time.time()
+        config = FinetuneConfig(data, weights, vdir / "finetune", train, finetune_per_class, blocks, views, epochs)
+        tuned = finetune(replace(config, seed=seed))
+        trained = time.time() - started
+        feats = _features([files[i] for i in held], tuned["weights"], vdir / "bundle", vdir / "features.npy")
+        featured = time.time() - started - trained
+        row: dict[str, Any] = {"blocks": blocks, "views": views, "epochs": epochs}
+        for part, part_classes in (("validation", val), ("test", test)):
+            pick = np.array([k for k, i in enumerate(held) if classes[labels[i]] in part_classes])
+            x, truth = feats[pick], labels[np.array(held)[pick]]
+            emb = embed(x, DEFAULT_METHOD, seed)
+            row[part] = {
+                "default": _score(truth, partition(emb, DEFAULT_METHOD, seed)[0]),
+                "umap_kmeans_true_k": _score(truth, _kmeans(emb, len(part_classes), seed))["acc"],
+                "probe": _probe(x, truth, seed),
+            }
+        row["seconds"] = {"finetune": round(trained, 1), "features": round(featured, 1)}
+        row["history"] = tuned["history"]
+        rows.append(row)
+        (out / f"finetune_sweep_split{seed}.json").write_text(json.dumps(rows, indent=2) + "\n")
+    best = max(rows, key=lambda r: round(r["validation"]["default"]["acc"], 3))
+    return {"split": seed, "train": train, "validation": val, "test": test, "variants": rows, "chosen": best}
+
+
+def format_sweep(summary: dict[str, Any]) -> str:
+    lines = [
+        f"split {summary['split']}: fine-tune classes {', '.join(summary['train'])}",
+        f"{'blocks x views x epochs':24} {'val ACC':>8} {'val NMI':>8} {'val K':>6} {'val UMAP+km':>12} "
+        f"{'val probe':>10} {'test ACC':>9} {'test NMI':>9} {'test K':>7} {'probe':>6} {'train s':>8} {'feat s':>7}",
+    ]
+    for r in summary["variants"]:
+        v, t = r["validation"], r["test"]
+        lines.append(
+            f"{r['blocks']} x {r['views']} x {r['epochs']:<16} {v['default']['acc']:8.3f} {v['default']['nmi']:8.3f} "
+            f"{v['default']['k']:6d} {v['umap_kmeans_true_k']:12.3f} {v['probe']:10.3f} {t['default']['acc']:9.3f} "
+            f"{t['default']['nmi']:9.3f} {t['default']['k']:7d} {t['probe']:6.3f} "
+            f"{r['seconds']['finetune']:8.0f} {r['seconds']['features']:7.0f}"
+        )
+    c = summary["chosen"]
+    lines.append(f"chosen on validation ACC: {c['blocks']} blocks, {c['views']} views, {c['epochs']} epochs")
     return "\n".join(lines)
