@@ -82,10 +82,12 @@ def centre_ids(client, url: str) -> tuple[np.ndarray, float]:  # type: ignore[no
     return np.vstack(rows), gsd
 
 
-# measured agreement with the original at the same output pixels: 0.50, 0.48, 0.91, 0.69;
-# chance with K = 512 is about 1 %. Reprojection moves patch boundaries, hence ~0.5.
+# measured agreement with the original at the same output pixels: 0.88, 0.90, 0.94, 0.71 (chance with
+# K = 512 is about 1 %). Every source is analysed on the UTM grid of its place, windows on one lattice,
+# so a reprojected copy gets the original's windows and differs only by its resampled pixels (before
+# that grid: 0.50, 0.48, 0.91, 0.69, each file's windows anchored at its own corner).
 @pytest.mark.parametrize(
-    ("name", "least"), [("web-mercator", 0.35), ("geographic", 0.35), ("drone-0.1m", 0.8), ("satellite-0.5m", 0.5)]
+    ("name", "least"), [("web-mercator", 0.83), ("geographic", 0.85), ("drone-0.1m", 0.9), ("satellite-0.5m", 0.65)]
 )
 def test_every_source_is_seen_at_025m(client, sample: Path, variants: dict[str, Path], name: str, least: float) -> None:  # type: ignore[no-untyped-def]
     reference, ref_gsd = centre_ids(client, str(sample))
@@ -94,4 +96,6 @@ def test_every_source_is_seen_at_025m(client, sample: Path, variants: dict[str, 
     assert gsd == pytest.approx(0.25, rel=0.01)
     both = (ids != 65535) & (reference != 65535)
     assert both.mean() > 0.5
-    assert (ids[both] == reference[both]).mean() >= least
+    agree = (ids[both] == reference[both]).mean()
+    print(f"{name}: {agree:.3f}")
+    assert agree >= least, agree

@@ -68,7 +68,8 @@ def test_item_statistics_report_the_sample(stac_client, stac_api: str) -> None: 
     r = stac_client.get("/stac/statistics", params={"url": item_url(stac_api, "scene-0")})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["sample"]["windows"] == body["sample"]["of"] == 9 and body["sample"]["exact"]
+    # the demo image's grid has at most 16 windows (STATS_SAMPLE): all of them are read, so it is exact
+    assert 9 <= body["sample"]["windows"] == body["sample"]["of"] <= 16 and body["sample"]["exact"]
     shares = [c["share"] for c in body["clusters"]]
     assert abs(sum(shares) - 1) < 1e-6 and shares == sorted(shares, reverse=True)
 

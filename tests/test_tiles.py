@@ -80,9 +80,10 @@ def test_tiles_are_seamless(client, oam_image: Path, bundle) -> None:  # type: i
     with rasterio.open(oam_image) as ds:
         tr = Transformer.from_crs("EPSG:3857", ds.crs, always_xy=True)
         gx, gy = tr.transform(left + (xs + 0.5) * res, top - (ys + 0.5) * res)
-        cell = 0.25 * 14
-        pr = np.floor((ds.bounds.top - gy) / cell).astype(int)
-        pc = np.floor((gx - ds.bounds.left) / cell).astype(int)
+        cell = 0.25 * 14  # a UTM image: its grid is its CRS at 0.25 m, patches on the lattice of 26-patch cores
+        step = cell * 26
+        pr = np.floor((np.ceil(ds.bounds.top / step) * step - gy) / cell).astype(int)
+        pc = np.floor((gx - np.floor(ds.bounds.left / step) * step) / cell).astype(int)
     valid = ids != 65535
     seam_x = np.zeros((768, 767), bool)
     seam_x[:, [255, 511]] = True
@@ -191,7 +192,13 @@ def test_wmts_capabilities(client, sample: Path) -> None:  # type: ignore[no-unt
 @pytest.mark.slow
 def test_info_point_statistics(client, sample: Path, bundle) -> None:  # type: ignore[no-untyped-def]
     info = client.get("/cog/info", params={"url": str(sample)}).json()
-    assert info["analysis"]["gsd_m"] == 0.25 and info["analysis"]["patches"] == [72, 72]
+    grid = info["analysis"]
+    assert grid["gsd_m"] == 0.25 and grid["pixel_size_crs_units"] == 0.25  # a metric CRS: as it is
+    # 1000 px = 71.4 patches, on a grid whose corner sits on the ground lattice (one 26-patch core)
+    step = 0.25 * 14 * 26
+    assert all(abs(v / step - round(v / step)) < 1e-9 for v in grid["origin"])
+    assert all(72 <= n <= 72 + 26 for n in grid["patches"]), grid
+    assert grid["windows"] == [-(-n // 26) for n in grid["patches"]]
     lon, lat = centre(client, str(sample))
     p = client.get(f"/cog/point/{lon},{lat}", params={"url": str(sample)}).json()
     assert isinstance(p["cluster"], int) and p["color"] == [int(c) for c in bundle.codebook.colors[p["cluster"]]]

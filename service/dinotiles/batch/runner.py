@@ -119,7 +119,7 @@ def publish_source(
         rgb, alpha = colorize(ids[None], engine.bundle.codebook.colors)
         write_cog(part / "clusters.tif", np.concatenate([rgb, alpha[None]]), view, None)
         write_cog(part / "cluster_ids.tif", ids[None], view, NODATA, resampling="mode")
-        bounds = transform_bounds(view.grid.crs, "EPSG:4326", *view.grid.bounds(), densify_pts=21)
+        bounds = transform_bounds(view.grid.crs, "EPSG:4326", *view.grid.data_bounds(), densify_pts=21)
         item = result_item(spec, bounds, engine.bundle, prints, view.key)
         (part / "item.json").write_text(json.dumps(item, indent=1) + "\n")
         output.publish(spec.id, part)

@@ -42,7 +42,7 @@ EMPTY = np.zeros((0, 0, 0), np.float16)  # a window with (almost) no data: no fe
 Block = tuple[int, int]
 
 
-MATCHING = "m2"  # how features become IDs: float16 features, matched in numpy (bump when that changes)
+MATCHING = "m3"  # how features become IDs: float16, numpy, windows on the ground lattice (bump when that changes)
 
 
 def fingerprint_for(bundle: Bundle, precision_tag: str, blend: bool) -> str:

@@ -1,8 +1,11 @@
 """The 0.25 m analysis grid of a source, its overlapping inference windows, and reading them.
 
-Windows are anchored to the source's own grid (its top-left corner), never to a
-tile: the patch at a place on the ground therefore always comes from the same
-window, whichever tile, zoom or TMS asks, which is what makes tiles seamless.
+Windows are anchored to the ground, never to a tile or to the file: every source is analysed in a
+UTM grid (its own if it has one, else the zone of its centre) whose window cores sit on a lattice
+(multiples of one core from the CRS origin). The patch at a place on the ground therefore always
+comes from the same window, whichever tile, zoom or TMS asks (tiles are seamless), and whichever
+file holds it: a crop, a re-tiled or reprojected copy, or the next item of the same orthomosaic gets
+the same windows, hence the same clusters, where they overlap.
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ class Grid:
     window: int  # pixels per window side
     rows: int  # patches
     cols: int
+    extent: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)  # the image's own bounds, grid CRS
 
     @property
     def grid(self) -> int:
@@ -131,16 +135,34 @@ class Grid:
     def bounds(self) -> tuple[float, float, float, float]:
         return (self.x0, self.y0 - self.rows * self.cell, self.x0 + self.cols * self.cell, self.y0)
 
+    def data_bounds(self) -> tuple[float, float, float, float]:
+        """What has clusters: the image's extent (the grid reaches up to a window core beyond it, to
+        sit on the lattice), or the grid's bounds if the extent was not given."""
+        return self.extent if self.extent[2] > self.extent[0] else self.bounds()
+
     def centre(self) -> tuple[float, float]:
-        left, bottom, right, top = self.bounds()
+        left, bottom, right, top = self.data_bounds()
         return (left + right) / 2, (bottom + top) / 2
 
 
-def grid_for(dataset: rasterio.DatasetReader, gsd: float, patch: int, window: int, max_patches: int) -> Grid:
-    """The analysis grid: source CRS and corner, pixel = ``gsd`` metres on the ground.
+def _is_utm(crs: CRS) -> bool:
+    """A UTM zone (any datum) or the polar UPS grids: the grids sources are analysed in."""
+    if crs.to_epsg() in (UPS_NORTH, UPS_SOUTH):
+        return True
+    try:
+        return PCRS.from_wkt(crs.to_wkt()).utm_zone is not None
+    except Exception:
+        return False
 
-    Refuses (400) a source whose grid would exceed ``max_patches`` before anything is
-    allocated: a tiny sparse file can claim to cover the whole planet.
+
+def grid_for(dataset: rasterio.DatasetReader, gsd: float, patch: int, window: int, max_patches: int) -> Grid:
+    """The analysis grid: pixel = ``gsd`` metres on the ground, windows on the ground lattice.
+
+    The grid's CRS is the source's own if it is a UTM zone (no warping), else the UTM zone of the
+    image's centre (UPS beyond UTM's latitudes): Web Mercator, geographic and national grids are read
+    onto it, so two files of the same place get the same windows whatever CRS they were stored in.
+    Refuses (400) a source whose grid would exceed ``max_patches`` before anything is allocated: a
+    tiny sparse file can claim to cover the whole planet.
     """
     crs = dataset.crs
     left, bottom, right, top = dataset.bounds
@@ -148,41 +170,51 @@ def grid_for(dataset: rasterio.DatasetReader, gsd: float, patch: int, window: in
         f"the image is too large for one {gsd} m analysis grid "
         f"(over DINOTILES_MAX_SCENE_PATCHES={max_patches:,} patches)"
     )
-    if crs.is_geographic:
-        span_m = 111_320.0 * max(right - left, top - bottom)  # a metre-per-degree upper bound, before any projection
-        if (span_m / (gsd * patch)) ** 2 > max_patches * 4:
-            raise too_large
-        lon, lat = (left + right) / 2, (bottom + top) / 2
-        crs = _metric_crs_for(lon, lat)
+    if not all(map(math.isfinite, (left, bottom, right, top))) or right <= left or top <= bottom:
+        raise SourceUnreadable("the image's extent is not finite")
+    try:
+        if crs.is_geographic:  # a metre-per-degree upper bound, before any projection
+            units_m = 111_320.0
+        else:
+            units_m = ground_scale(crs, (left + right) / 2, (bottom + top) / 2, step=max(1e-6, (right - left) / 100))
+    except Exception as exc:
+        raise SourceUnreadable(f"cannot measure ground distance in {crs}: {exc}") from exc
+    if not math.isfinite(units_m) or units_m <= 0:
+        raise SourceUnreadable(f"cannot measure ground distance in {crs} at the image centre")
+    if ((right - left) * units_m / (gsd * patch)) * ((top - bottom) * units_m / (gsd * patch)) > max_patches * 4:
+        raise too_large
+    if not _is_utm(crs):
         try:
+            (lon,), (lat,) = transform(crs, "EPSG:4326", [(left + right) / 2], [(bottom + top) / 2])
+            crs = _metric_crs_for(lon, lat)
             left, bottom, right, top = transform_bounds(dataset.crs, crs, *dataset.bounds, densify_pts=21)
         except Exception as exc:
-            raise SourceUnreadable(f"the image's extent cannot be projected to {crs}: {exc}") from exc
+            raise SourceUnreadable(f"the image's extent cannot be projected to a UTM grid: {exc}") from exc
     if not all(map(math.isfinite, (left, bottom, right, top))) or right <= left or top <= bottom:
         raise SourceUnreadable("the image's extent is not finite in a metric grid")
-    cx, cy = (left + right) / 2, (bottom + top) / 2
     try:
-        scale = ground_scale(crs, cx, cy, step=max(1.0, (right - left) / 100))
+        scale = ground_scale(crs, (left + right) / 2, (bottom + top) / 2, step=max(1.0, (right - left) / 100))
     except Exception as exc:
         raise SourceUnreadable(f"cannot measure ground distance in {crs}: {exc}") from exc
     if not math.isfinite(scale) or scale <= 0:
         raise SourceUnreadable(f"cannot measure ground distance in {crs} at the image centre")
-    if abs(scale - 1.0) < SCALE_TOLERANCE:
-        scale = 1.0
-    pixel = gsd / scale
+    pixel = gsd if abs(scale - 1.0) < SCALE_TOLERANCE else gsd / scale  # UTM: within 0.1 %, so exactly gsd
     cell = pixel * patch
-    rows, cols = (top - bottom) / cell, (right - left) / cell
+    step = cell * (window // patch - 2 * BORDER)  # one window core: the lattice windows sit on
+    x0, y0 = math.floor(left / step) * step, math.ceil(top / step) * step
+    rows, cols = (y0 - bottom) / cell, (right - x0) / cell
     if rows * cols > max_patches:
         raise too_large
     return Grid(
         crs=crs,
-        x0=left,
-        y0=top,
+        x0=x0,
+        y0=y0,
         pixel=pixel,
         patch=patch,
         window=window,
         rows=max(1, math.ceil(rows)),
         cols=max(1, math.ceil(cols)),
+        extent=(left, bottom, right, top),
     )
 
 

@@ -129,7 +129,7 @@ class ClusterReader(GuardedReader):
 
     def get_geographic_bounds(self, crs: CRS) -> tuple[float, float, float, float]:
         """The analysis grid's bounds (what has clusters) in ``crs``."""
-        return tuple(transform_bounds(self.view.grid.crs, crs, *self.view.grid.bounds(), densify_pts=21))  # type: ignore[return-value]
+        return tuple(transform_bounds(self.view.grid.crs, crs, *self.view.grid.data_bounds(), densify_pts=21))  # type: ignore[return-value]
 
     def geographic_bounds(self) -> tuple[float, float, float, float]:
         return self.get_geographic_bounds(WGS84)

@@ -431,6 +431,7 @@ class ClusterTilerFactory(TilerFactory):
                         "pixel_size_crs_units": grid.pixel,
                         "patch_px": grid.patch,
                         "window_px": grid.window,
+                        "origin": [grid.x0, grid.y0],  # on the ground lattice: a multiple of one window core
                         "patches": [grid.rows, grid.cols],
                         "windows": [grid.window_rows, grid.window_cols],
                         "bands_used": list(reader.view.plan.indexes),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +35,19 @@ def sample_windows(view: SourceView, n: int, seed: int = 0) -> list[tuple[int, i
     while len(picked) < n:
         picked.update(int(k) for k in rng.integers(0, total, size=n - len(picked)))
     return [(k // cols, k % cols) for k in sorted(picked)]
+
+
+def spread_windows(view: SourceView, n: int) -> list[tuple[int, int]]:
+    """About ``n`` windows evenly across the image (a lattice of r × c window centres, r·c ≥ n,
+    proportioned like the image): every part of a scene has its say, where a random draw may
+    miss one side of it. All windows if there are at most ``n``."""
+    rows, cols = view.grid.window_rows, view.grid.window_cols
+    if rows * cols <= n:
+        return [(i, j) for i in range(rows) for j in range(cols)]
+    r = min(rows, max(1, round(math.sqrt(n * rows / cols))))
+    c = min(cols, math.ceil(n / r))
+    r = min(rows, math.ceil(n / c))
+    return [(int((a + 0.5) * rows / r), int((b + 0.5) * cols / c)) for a in range(r) for b in range(c)]
 
 
 def sampled_counts(engine: ClusterEngine, view: SourceView, n: int = STATS_SAMPLE) -> tuple[np.ndarray, int, int]:

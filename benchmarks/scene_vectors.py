@@ -1,0 +1,94 @@
+"""Does a STAC item's scene vector depend on which of its windows were sampled? (issue 11, part 3)
+
+An item's scene vector is the mean over ``n`` of its windows (`dinotiles.stac.summary.item_feature`:
+CLS, mean patch token, or both). This encodes *every* window of each image once, then draws the
+served sample (random, seeded) and a spread sample (windows evenly across the image) ``--draws``
+times per ``n`` and prints how far a draw's vector lies from the all-window vector (cosine
+distance), against how far the images' all-window vectors lie from one another. A draw that
+wanders as far as another image lies would put the same scene in another cluster.
+
+    python -m benchmarks.scene_vectors [COG ...] [--sizes 4,8,16] [--draws 50] [--feature both]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from benchmarks.common import demo_bundle, engine, machine, oam_images, open_reader
+from dinotiles.core.encoder import Encoder
+from dinotiles.core.grid import BORDER, read_window
+from dinotiles.scenes.cluster import scene_vector
+from dinotiles.stac.summary import SCENE_WINDOWS, spread_windows
+
+MIN_VALID = 0.05  # the share of valid patches item_feature needs to use a window
+
+
+def all_window_vectors(path: Path, encoder: Encoder, feature: str) -> tuple[np.ndarray, list[tuple[int, int]], int]:
+    """Each usable window's scene vector (rows), its (i, j), and the image's window count."""
+    bundle = encoder.bundle
+    with open_reader(engine(bundle, encoder=encoder), path) as src:
+        view = src.view
+        g = view.grid
+        core = slice(BORDER, BORDER + g.core)
+        vectors, where = [], []
+        windows = [(i, j) for i in range(g.window_rows) for j in range(g.window_cols)]
+        for i, j in tqdm(windows, desc=path.name, unit="window"):
+            win = read_window(view.reader, view.plan, g, i, j)
+            if win.valid.mean() < MIN_VALID:
+                continue
+            patches, cls = encoder.features(win.image[None])
+            mean_patch = patches[0][core, core][win.valid[core, core]].mean(axis=0, keepdims=True)[:, None, None, :]
+            vectors.append(scene_vector(mean_patch, cls[:1], feature)[0])
+            where.append((i, j))
+        return np.stack(vectors), where, len(windows)
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> float:
+    return float(1 - a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("images", nargs="*", type=Path, help="COGs (default: the two OAM scenes and the demo image)")
+    parser.add_argument("--sizes", default=f"{SCENE_WINDOWS},8,16")
+    parser.add_argument("--draws", type=int, default=50)
+    parser.add_argument("--feature", default="cls", choices=("cls", "mean", "both"))
+    args = parser.parse_args()
+    bundle = demo_bundle()
+    encoder = Encoder.for_bundle(bundle)
+    images = args.images or [*oam_images(), Path(".dinotiles/data/test_tiled.tif")]
+    print(f"machine: {machine()}; feature {args.feature}; {args.draws} draws per sample size")
+    start = time.perf_counter()
+    found = {p.name: all_window_vectors(p, encoder, args.feature) for p in images}
+    full = {name: v.mean(axis=0) for name, (v, _, _) in found.items()}
+    names = list(full)
+    between = [_cos(full[a], full[b]) for k, a in enumerate(names) for b in names[k + 1 :]]
+    print(f"encoded every window in {time.perf_counter() - start:.0f} s")
+    print(f"distance between images' all-window vectors: min {min(between):.4f}, median {np.median(between):.4f}")
+    rng = np.random.default_rng(0)
+    for name, (vectors, where, total) in found.items():
+        index = {ij: k for k, ij in enumerate(where)}
+        for n in map(int, args.sizes.split(",")):
+            if n >= len(vectors):
+                continue
+            random = [_cos(vectors[rng.choice(len(vectors), n, replace=False)].mean(axis=0), full[name])
+                      for _ in range(args.draws)]
+            # the spread sample is deterministic: one draw (what the server would use)
+            with open_reader(engine(bundle, encoder=encoder), images[names.index(name)]) as src:
+                picked = [index[ij] for ij in spread_windows(src.view, n) if ij in index]
+            spread = _cos(vectors[picked].mean(axis=0), full[name]) if picked else float("nan")
+            print(
+                f"{name}: {len(vectors)} usable windows of {total}; n={n}: random draws median "
+                f"{np.median(random):.4f}, 95th pct {np.percentile(random, 95):.4f} (of the nearest other image: "
+                f"{np.percentile(random, 95) / min(between):.2f}x); spread sample {spread:.4f}",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
