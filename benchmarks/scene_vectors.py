@@ -20,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from benchmarks.common import demo_bundle, engine, machine, oam_images, open_reader
+from dinotiles.core.bundle import Bundle
 from dinotiles.core.encoder import Encoder
 from dinotiles.core.grid import BORDER, read_window
 from dinotiles.scenes.cluster import scene_vector
@@ -28,9 +29,10 @@ from dinotiles.stac.summary import SCENE_WINDOWS, spread_windows
 MIN_VALID = 0.05  # the share of valid patches item_feature needs to use a window
 
 
-def all_window_vectors(path: Path, encoder: Encoder, feature: str) -> tuple[np.ndarray, list[tuple[int, int]], int]:
+def all_window_vectors(
+    path: Path, bundle: Bundle, encoder: Encoder, feature: str
+) -> tuple[np.ndarray, list[tuple[int, int]], int]:
     """Each usable window's scene vector (rows), its (i, j), and the image's window count."""
-    bundle = encoder.bundle
     with open_reader(engine(bundle, encoder=encoder), path) as src:
         view = src.view
         g = view.grid
@@ -64,7 +66,7 @@ def main() -> None:
     images = args.images or [*oam_images(), Path(".dinotiles/data/test_tiled.tif")]
     print(f"machine: {machine()}; feature {args.feature}; {args.draws} draws per sample size")
     start = time.perf_counter()
-    found = {p.name: all_window_vectors(p, encoder, args.feature) for p in images}
+    found = {p.name: all_window_vectors(p, bundle, encoder, args.feature) for p in images}
     full = {name: v.mean(axis=0) for name, (v, _, _) in found.items()}
     names = list(full)
     between = [_cos(full[a], full[b]) for k, a in enumerate(names) for b in names[k + 1 :]]
