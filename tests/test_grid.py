@@ -91,23 +91,3 @@ def test_any_crs_is_read_onto_the_utm_lattice_of_its_place() -> None:
     every = set.intersection(*(_windows(g) for g in grids.values()))
     assert every and all(len(every) >= len(_windows(g)) / 4 for g in grids.values())
 
-
-def test_spread_windows_cover_the_scene_evenly() -> None:
-    """A scene sample spread on a lattice: every part of a large scene has its say, none twice."""
-    from types import SimpleNamespace
-
-    from dinotiles.stac.summary import spread_windows
-
-    def view(rows: int, cols: int) -> SimpleNamespace:
-        return SimpleNamespace(grid=SimpleNamespace(window_rows=rows, window_cols=cols))
-
-    assert spread_windows(view(2, 3), 16) == [(i, j) for i in range(2) for j in range(3)]  # few: all of them
-    for rows, cols, n in ((40, 40, 16), (10, 200, 8), (300, 7, 4)):
-        picked = spread_windows(view(rows, cols), n)
-        assert n <= len(picked) <= 2 * n and len(set(picked)) == len(picked)
-        assert all(0 <= i < rows and 0 <= j < cols for i, j in picked)
-        # each half of the scene, along its longer side, holds about half the sample
-        long_axis = 0 if rows >= cols else 1
-        first = sum(1 for w in picked if w[long_axis] < (rows, cols)[long_axis] / 2)
-        assert abs(first - len(picked) / 2) <= 1
-        assert picked == spread_windows(view(rows, cols), n)  # deterministic

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +16,11 @@ from dinotiles.stac.client import StacBadRequest
 from dinotiles.stac.items import raster_asset
 
 STATS_SAMPLE = 16  # windows sampled from a large item for /stac/statistics (seeded)
-SCENE_WINDOWS = 4  # windows per item for its scene feature
+# windows per item for its scene vector: with 4, a random draw's vector strayed up to 0.66–1.13× as far
+# from the item's all-window vector as the nearest other image lies; with 16, 0.19–0.28×
+# (benchmarks/scene_vectors.py, docs/scene-clustering.md)
+SCENE_WINDOWS = 16
+SCENE_CANDIDATES = 2  # windows read per one encoded: reading is cheap, and no-data windows are skipped
 
 
 def sample_windows(view: SourceView, n: int, seed: int = 0) -> list[tuple[int, int]]:
@@ -37,19 +40,6 @@ def sample_windows(view: SourceView, n: int, seed: int = 0) -> list[tuple[int, i
     return [(k // cols, k % cols) for k in sorted(picked)]
 
 
-def spread_windows(view: SourceView, n: int) -> list[tuple[int, int]]:
-    """About ``n`` windows evenly across the image (a lattice of r × c window centres, r·c ≥ n,
-    proportioned like the image): every part of a scene has its say, where a random draw may
-    miss one side of it. All windows if there are at most ``n``."""
-    rows, cols = view.grid.window_rows, view.grid.window_cols
-    if rows * cols <= n:
-        return [(i, j) for i in range(rows) for j in range(cols)]
-    r = min(rows, max(1, round(math.sqrt(n * rows / cols))))
-    c = min(cols, math.ceil(n / r))
-    r = min(rows, math.ceil(n / c))
-    return [(int((a + 0.5) * rows / r), int((b + 0.5) * cols / c)) for a in range(r) for b in range(c)]
-
-
 def sampled_counts(engine: ClusterEngine, view: SourceView, n: int = STATS_SAMPLE) -> tuple[np.ndarray, int, int]:
     """Cluster counts over a sample of windows: (counts, windows sampled, windows in the item)."""
     windows = sample_windows(view, n)
@@ -65,16 +55,20 @@ def item_feature(engine: ClusterEngine, view: SourceView, feature: str, n: int =
     from dinotiles.scenes.cluster import scene_vector
 
     vectors = []
-    windows = sample_windows(view, n)
+    drawn = sample_windows(view, SCENE_CANDIDATES * n)  # seeded: an item's vector is repeatable
+    # in a seeded random order, not the draw's row order: the first n usable must not all be the top rows
+    candidates = [drawn[k] for k in np.random.default_rng(0).permutation(len(drawn))]
     core = slice(BORDER, BORDER + view.grid.core)
-    with engine.queue.reserve(len(windows)) as ticket:  # batched with tiles; bounded like them
-        queued = []
-        for i, j in windows:
+    with engine.queue.reserve(n) as ticket:  # batched with tiles; bounded like them
+        queued: list[tuple[np.ndarray, Any]] = []  # (patch validity, the encoder's future)
+        for i, j in candidates:  # the first n with image in them: no-data windows do not thin the sample
+            if len(queued) == n:
+                break
             win = read_window(view.reader, view.plan, view.grid, i, j)
             if win.valid.mean() < 0.05:
-                ticket.done()
                 continue
             queued.append((win.valid, ticket.submit(win.image, kind="features")))
+        ticket.done(n - len(queued))  # too few windows hold image: give the rest of the admission back
         for valid, future in queued:
             patches, cls = ticket.result(future)
             ticket.done()
