@@ -62,10 +62,10 @@ def on_its_grid(src: Path, dst: Path, gsd: float = 0.25, patch: int = 14, window
     whole patches of the analysis grid too (a move in Web Mercator or a national grid is not one in UTM)."""
     from rasterio.warp import Resampling, reproject
 
-    from dinotiles.core.grid import _is_utm, grid_for
+    from dinotiles.core.grid import grid_for, is_utm
 
     with rasterio.open(src) as ds:
-        if _is_utm(ds.crs):
+        if is_utm(ds.crs):
             return src
         g = grid_for(ds, gsd, patch, window, 10**9)
         profile = {k: v for k, v in ds.profile.items() if k not in ("photometric", "blockxsize", "blockysize")}

@@ -145,7 +145,20 @@ class Grid:
         return (left + right) / 2, (bottom + top) / 2
 
 
-def _is_utm(crs: CRS) -> bool:
+def _scale_at_centre(crs: CRS, bounds: tuple[float, float, float, float], min_step: float) -> float:
+    """Ground metres per CRS unit at the centre of ``bounds``; a CRS where that cannot be measured is
+    unreadable (400), never a 500."""
+    left, bottom, right, top = bounds
+    try:
+        scale = ground_scale(crs, (left + right) / 2, (bottom + top) / 2, step=max(min_step, (right - left) / 100))
+    except Exception as exc:
+        raise SourceUnreadable(f"cannot measure ground distance in {crs}: {exc}") from exc
+    if not math.isfinite(scale) or scale <= 0:
+        raise SourceUnreadable(f"cannot measure ground distance in {crs} at the image centre")
+    return scale
+
+
+def is_utm(crs: CRS) -> bool:
     """A UTM zone (any datum) or the polar UPS grids: the grids sources are analysed in."""
     if crs.to_epsg() in (UPS_NORTH, UPS_SOUTH):
         return True
@@ -172,18 +185,11 @@ def grid_for(dataset: rasterio.DatasetReader, gsd: float, patch: int, window: in
     )
     if not all(map(math.isfinite, (left, bottom, right, top))) or right <= left or top <= bottom:
         raise SourceUnreadable("the image's extent is not finite")
-    try:
-        if crs.is_geographic:  # a metre-per-degree upper bound, before any projection
-            units_m = 111_320.0
-        else:
-            units_m = ground_scale(crs, (left + right) / 2, (bottom + top) / 2, step=max(1e-6, (right - left) / 100))
-    except Exception as exc:
-        raise SourceUnreadable(f"cannot measure ground distance in {crs}: {exc}") from exc
-    if not math.isfinite(units_m) or units_m <= 0:
-        raise SourceUnreadable(f"cannot measure ground distance in {crs} at the image centre")
+    # metres per CRS unit, before any projection (geographic: a metre-per-degree upper bound)
+    units_m = 111_320.0 if crs.is_geographic else _scale_at_centre(crs, (left, bottom, right, top), 1e-6)
     if ((right - left) * units_m / (gsd * patch)) * ((top - bottom) * units_m / (gsd * patch)) > max_patches * 4:
         raise too_large
-    if not _is_utm(crs):
+    if not is_utm(crs):
         try:
             (lon,), (lat,) = transform(crs, "EPSG:4326", [(left + right) / 2], [(bottom + top) / 2])
             crs = _metric_crs_for(lon, lat)
@@ -192,12 +198,7 @@ def grid_for(dataset: rasterio.DatasetReader, gsd: float, patch: int, window: in
             raise SourceUnreadable(f"the image's extent cannot be projected to a UTM grid: {exc}") from exc
     if not all(map(math.isfinite, (left, bottom, right, top))) or right <= left or top <= bottom:
         raise SourceUnreadable("the image's extent is not finite in a metric grid")
-    try:
-        scale = ground_scale(crs, (left + right) / 2, (bottom + top) / 2, step=max(1.0, (right - left) / 100))
-    except Exception as exc:
-        raise SourceUnreadable(f"cannot measure ground distance in {crs}: {exc}") from exc
-    if not math.isfinite(scale) or scale <= 0:
-        raise SourceUnreadable(f"cannot measure ground distance in {crs} at the image centre")
+    scale = _scale_at_centre(crs, (left, bottom, right, top), 1.0)
     pixel = gsd if abs(scale - 1.0) < SCALE_TOLERANCE else gsd / scale  # UTM: within 0.1 %, so exactly gsd
     cell = pixel * patch
     step = cell * (window // patch - 2 * BORDER)  # one window core: the lattice windows sit on
