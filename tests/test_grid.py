@@ -90,4 +90,3 @@ def test_any_crs_is_read_onto_the_utm_lattice_of_its_place() -> None:
     # the same window lattice: a window of one is a window of every other where they overlap
     every = set.intersection(*(_windows(g) for g in grids.values()))
     assert every and all(len(every) >= len(_windows(g)) / 4 for g in grids.values())
-

@@ -59,6 +59,62 @@ def test_small_groups_join_bigger_ones_and_density_clustering_agrees() -> None:
     assert all(answer["items"][int(c["representative"][1:])]["cluster"] == c["cluster"] for c in answer["clusters"])
 
 
+def test_ridge_ratio_tells_one_mode_from_two() -> None:
+    """Two unit Gaussians 1 sd apart are one mode (no valley); 6 sd apart, two (a deep valley)."""
+    from dinotiles.scenes.cluster import Gaussian, ridge_ratio, unimodal_groups
+
+    def unit(x: float) -> Gaussian:
+        return Gaussian(0.5, np.array([x, 0.0]), np.eye(2))
+
+    assert ridge_ratio(unit(0), unit(1)) == pytest.approx(1.0, abs=1e-6)
+    assert ridge_ratio(unit(0), unit(6)) < 0.05
+    # a chain of near neighbours is one group, the far one another: joined transitively, not by the ends
+    assert unimodal_groups([unit(0), unit(1.5), unit(3), unit(10)], 0.6) == [0, 0, 0, 1]
+    assert unimodal_groups([unit(0), unit(1.5), unit(3), unit(10)], 1.01) == [0, 1, 2, 3]
+
+
+def test_merging_joins_a_mode_the_mixture_tiled() -> None:
+    """A curved ridge (one class) the mixture covers with several Gaussians becomes one cluster again
+    with ``merge``; the two blobs beside it, one nestled inside the arc, stay apart."""
+    from dinotiles.scenes.cluster import SceneMethod, partition
+
+    rng = np.random.default_rng(0)
+    turn = rng.uniform(0, np.pi, 600)
+    arc = np.c_[10 * np.cos(turn), 10 * np.sin(turn)] + rng.normal(0, 0.7, (600, 2))
+    blobs = [rng.normal(centre, 0.7, (150, 2)) for centre in ((0, -8), (0, 3))]
+    embedding = np.concatenate([arc, *blobs])
+    truth = np.repeat([0, 1, 2], [600, 150, 150])
+    split, _ = partition(embedding, SceneMethod(dims=2), 0)
+    assert split.max() + 1 > 3  # the mixture alone over-splits the arc
+    merged, probs = partition(embedding, SceneMethod(dims=2, merge=0.3), 0)
+    assert merged.max() + 1 == 3
+    assert clustering_scores(truth, merged)["acc"] > 0.99
+    assert ((probs > 0.5) & (probs <= 1 + 1e-9)).all()  # membership of the merged cluster, not of one part
+
+
+def test_a_scene_vector_does_not_depend_on_the_image_orientation(bundle, sample: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The mean over the four quarter turns: an image and its 90° turn get the same vector; as read, not."""
+    from dinotiles.core.encoder import Encoder
+    from dinotiles.scenes.cluster import folder_features
+
+    with rasterio.open(sample) as ds:
+        rgb = ds.read(window=((0, bundle.window), (0, bundle.window))).transpose(1, 2, 0)
+    Image.fromarray(np.ascontiguousarray(rgb)).save(tmp_path / "a.png")  # lossless: the turn is exact
+    Image.fromarray(np.ascontiguousarray(np.rot90(rgb))).save(tmp_path / "b.png")
+    encoder = Encoder.for_bundle(bundle)
+    files = [tmp_path / "a.png", tmp_path / "b.png"]
+    turned = folder_features(encoder, files, bundle.window, rotations=4, progress=False)
+    read = folder_features(encoder, files, bundle.window, rotations=1, progress=False)
+
+    def cosine(x: np.ndarray) -> float:
+        return float(x[0] @ x[1] / np.linalg.norm(x[0]) / np.linalg.norm(x[1]))
+
+    assert cosine(turned) > 0.9999
+    assert cosine(read) < cosine(turned) - 1e-3
+    with pytest.raises(ValueError, match="rotations"):
+        folder_features(encoder, files, bundle.window, rotations=5, progress=False)
+
+
 def test_three_way_class_splits_are_disjoint_and_seeded() -> None:
     from dinotiles.training.scenes_protocol import choose, three_way
 

@@ -24,12 +24,15 @@ import numpy as np
 from tqdm import tqdm
 
 from dinotiles.scenes.cluster import (
+    DEFAULT_METHOD,
+    ROTATIONS,
     SceneMethod,
     clustering_scores,
     embed,
-    folder_features,
+    folder_views,
     partition,
     read_labelled_folder,
+    rotation_mean,
 )
 from dinotiles.training.finetune import SIZE, FinetuneConfig, finetune
 from dinotiles.training.scenes_eval import scene_encoder
@@ -47,6 +50,13 @@ def grid() -> list[SceneMethod]:
         for cov in ("diag", "full")
         for conc in (1.0 / 30, 1e-3)
         for share in (0.01, 0.03)
+    ]
+    out += [  # merging components whose union is still one mode (no valley between them)
+        SceneMethod(dims, nb, "dpgmm", cov, 1.0 / 30, 0.01, merge)
+        for dims in (4, 8)
+        for nb in (15, 30)
+        for cov in ("diag", "full")
+        for merge in (0.3, 0.6)
     ]
     out += [
         SceneMethod(dims, nb, "hdbscan", min_share=share)
@@ -87,16 +97,24 @@ def _score(truth: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     return {**clustering_scores(truth, labels), "k": len(np.unique(labels))}
 
 
-def _features(files: list[Path], weights: str, bundle: Path, cache: Path) -> np.ndarray:
-    """CLS vectors of the files (cached on disk, keyed by the weights and the file list)."""
+def _features(files: list[Path], weights: str, bundle: Path, cache: Path, turns: int = ROTATIONS) -> np.ndarray:
+    """[turns, N, D] CLS vectors of the files turned 0, 1, … quarter turns; each turn cached on disk
+    (keyed by the weights and the file list), so adding rotations reuses the views already encoded."""
     names = [f"weights={weights}", *map(str, files)]
-    listing = cache.with_suffix(".txt")
-    if cache.exists() and listing.exists() and listing.read_text().splitlines() == names:
-        return np.load(cache, allow_pickle=False)
-    feats = folder_features(scene_encoder(weights, bundle), files, SIZE, feature="cls")
-    np.save(cache, feats)
-    listing.write_text("\n".join(names) + "\n")
-    return feats
+    encoder = None
+    views = []
+    for k in range(turns):
+        path = cache if k == 0 else cache.with_name(f"{cache.stem}_rot{k}.npy")
+        listing = path.with_suffix(".txt")
+        if path.exists() and listing.exists() and listing.read_text().splitlines() == names:
+            views.append(np.load(path, allow_pickle=False))
+            continue
+        encoder = encoder or scene_encoder(weights, bundle)
+        view = folder_views(encoder, files, SIZE, feature="cls", turns=(k,))[0]
+        np.save(path, view)
+        listing.write_text("\n".join(names) + "\n")
+        views.append(view)
+    return np.stack(views)
 
 
 def sweep(features: np.ndarray, truth: np.ndarray, methods: list[SceneMethod], seed: int) -> list[dict[str, Any]]:
@@ -141,7 +159,8 @@ def evaluate_protocol(
         raise ValueError(f"a three-way split needs at least 6 classes, {data} has {len(names)}")
     # one image sample for every split (seed 0): the split seed decides only which classes go where
     files, labels, classes = read_labelled_folder(data, None, per_class, seed=0)
-    base = _features(files, weights, out / "bundle_base", out / "features_base.npy")
+    base_views = _features(files, weights, out / "bundle_base", out / "features_base.npy")
+    base = rotation_mean(base_views)
     splits_out: list[dict[str, Any]] = []
     validation: list[list[dict[str, Any]]] = []
     methods = grid()
@@ -159,12 +178,17 @@ def evaluate_protocol(
         held = [i for i, c in enumerate(labels) if classes[c] in set(val) | set(test)]
         held_files = [files[i] for i in held]
         bundle, cache = split_dir / "bundle_finetuned", split_dir / "features.npy"
-        tuned_feats = _features(held_files, tuned["weights"], bundle, cache)
-        ft = dict(zip(held, tuned_feats, strict=True))
+        tuned_views = _features(held_files, tuned["weights"], bundle, cache)
+        ft = dict(zip(held, rotation_mean(tuned_views), strict=True))
+        ft_read = dict(zip(held, tuned_views[0], strict=True))
         val_idx = np.array([i for i in held if classes[labels[i]] in val])
         test_idx = np.array([i for i in held if classes[labels[i]] in test])
         val_x = np.stack([ft[i] for i in val_idx])
         validation.append(sweep(val_x, labels[val_idx], methods, seed))
+        val_read = np.stack([ft_read[i] for i in val_idx])
+        rotations_check = {  # chosen on validation classes: the four rotations' mean vs the image as read
+            name: _summary_scores(x, labels[val_idx], seed) for name, x in (("as read", val_read), ("rotations", val_x))
+        }
         splits_out.append(
             {
                 "seed": seed,
@@ -174,6 +198,8 @@ def evaluate_protocol(
                 "finetune": {k: tuned[k] for k in ("images", "views", "blocks_trained") if k in tuned},
                 "test_idx": test_idx.tolist(),
                 "test_ft": np.stack([ft[i] for i in test_idx]).tolist(),
+                "test_ft_read": np.stack([ft_read[i] for i in test_idx]).tolist(),
+                "validation_rotations": rotations_check,
             }
         )
     val_k = len(names) // 3
@@ -186,7 +212,11 @@ def evaluate_protocol(
         idx = np.array(split.pop("test_idx"))
         truth = labels[idx]
         k = len(split["test"])
-        sets = {"base": base[idx], "fine-tuned": np.array(split.pop("test_ft"), dtype=np.float32)}
+        sets = {
+            "base": base[idx],
+            "fine-tuned": np.array(split.pop("test_ft"), dtype=np.float32),
+            "fine-tuned, as read": np.array(split.pop("test_ft_read"), dtype=np.float32),
+        }
         rows: dict[str, dict[str, float]] = {}
         for name, x in sets.items():
             emb = embed(x, method, split["seed"])
@@ -218,6 +248,16 @@ def evaluate_protocol(
     }
     (out / "scenes_protocol.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _summary_scores(x: np.ndarray, truth: np.ndarray, seed: int) -> dict[str, Any]:
+    """The shipped clustering, UMAP + k-means with the true K and the probe, on one set of vectors."""
+    emb = embed(x, DEFAULT_METHOD, seed)
+    return {
+        "default": _score(truth, partition(emb, DEFAULT_METHOD, seed)[0]),
+        "umap_kmeans_true_k": _score(truth, _kmeans(emb, len(np.unique(truth)), seed))["acc"],
+        "probe": _probe(x, truth, seed),
+    }
 
 
 def _mean_table(tables: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, list[float]]]:
@@ -277,7 +317,6 @@ def finetune_sweep(
     linear probe; its test figures are printed beside them but take no part in the choice. Wall
     clock: caching the frozen blocks' outputs + training, then the held-out images' features.
     """
-    from dinotiles.scenes.cluster import DEFAULT_METHOD
 
     out.mkdir(parents=True, exist_ok=True)
     names = sorted(d.name for d in data.iterdir() if d.is_dir())
@@ -294,18 +333,13 @@ def finetune_sweep(
         config = FinetuneConfig(data, weights, vdir / "finetune", train, finetune_per_class, blocks, views, epochs)
         tuned = finetune(replace(config, seed=seed))
         trained = time.time() - started
-        feats = _features([files[i] for i in held], tuned["weights"], vdir / "bundle", vdir / "features.npy")
+        held_files = [files[i] for i in held]
+        feats = rotation_mean(_features(held_files, tuned["weights"], vdir / "bundle", vdir / "features.npy"))
         featured = time.time() - started - trained
         row: dict[str, Any] = {"blocks": blocks, "views": views, "epochs": epochs}
         for part, part_classes in (("validation", val), ("test", test)):
             pick = np.array([k for k, i in enumerate(held) if classes[labels[i]] in part_classes])
-            x, truth = feats[pick], labels[np.array(held)[pick]]
-            emb = embed(x, DEFAULT_METHOD, seed)
-            row[part] = {
-                "default": _score(truth, partition(emb, DEFAULT_METHOD, seed)[0]),
-                "umap_kmeans_true_k": _score(truth, _kmeans(emb, len(part_classes), seed))["acc"],
-                "probe": _probe(x, truth, seed),
-            }
+            row[part] = _summary_scores(feats[pick], labels[np.array(held)[pick]], seed)
         row["seconds"] = {"finetune": round(trained, 1), "features": round(featured, 1)}
         row["history"] = tuned["history"]
         rows.append(row)

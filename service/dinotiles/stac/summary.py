@@ -51,8 +51,12 @@ def sampled_counts(engine: ClusterEngine, view: SourceView, n: int = STATS_SAMPL
 
 
 def item_feature(engine: ClusterEngine, view: SourceView, feature: str, n: int = SCENE_WINDOWS) -> np.ndarray:
-    """One vector per item: mean over sampled windows of the window's CLS / mean valid patch token."""
-    from dinotiles.scenes.cluster import scene_vector
+    """One vector per item: mean over sampled windows of the window's CLS / mean valid patch token.
+
+    The q-th window is encoded turned by q quarter turns (mod 4): an aerial scene has no up, and a
+    folder's scene vector is the mean over the four turns (``ROTATIONS``), so an item's is too, at no
+    extra encoder work."""
+    from dinotiles.scenes.cluster import ROTATIONS, rotated, scene_vector
 
     vectors = []
     drawn = sample_windows(view, SCENE_CANDIDATES * n)  # seeded: an item's vector is repeatable
@@ -67,7 +71,8 @@ def item_feature(engine: ClusterEngine, view: SourceView, feature: str, n: int =
             win = read_window(view.reader, view.plan, view.grid, i, j)
             if win.valid.mean() < 0.05:
                 continue
-            queued.append((win.valid, ticket.submit(win.image, kind="features")))
+            turns = len(queued) % ROTATIONS
+            queued.append((rotated(win.valid, turns), ticket.submit(rotated(win.image, turns), kind="features")))
         ticket.done(n - len(queued))  # too few windows hold image: give the rest of the admission back
         for valid, future in queued:
             patches, cls = ticket.result(future)
