@@ -70,8 +70,16 @@ def on_its_grid(src: Path, dst: Path, gsd: float = 0.25, patch: int = 14, window
         g = grid_for(ds, gsd, patch, window, 10**9)
         profile = {k: v for k, v in ds.profile.items() if k not in ("photometric", "blockxsize", "blockysize")}
         profile.update(
-            crs=g.crs, transform=Affine(gsd, 0, g.x0, 0, -gsd, g.y0), width=g.cols * patch, height=g.rows * patch,
-            nodata=0, driver="GTiff", tiled=True, blockxsize=512, blockysize=512, compress="deflate",
+            crs=g.crs,
+            transform=Affine(gsd, 0, g.x0, 0, -gsd, g.y0),
+            width=g.cols * patch,
+            height=g.rows * patch,
+            nodata=0,
+            driver="GTiff",
+            tiled=True,
+            blockxsize=512,
+            blockysize=512,
+            compress="deflate",
         )
         with rasterio.open(dst, "w", **profile) as out:
             for band in range(1, ds.count + 1):
@@ -100,7 +108,11 @@ def render_ids(eng, path: Path) -> tuple[np.ndarray, Grid]:  # type: ignore[no-u
 
 
 def agreement(
-    a: np.ndarray, ga: Grid, b: np.ndarray, gb: Grid, moved: tuple[float, float] = (0.0, 0.0),
+    a: np.ndarray,
+    ga: Grid,
+    b: np.ndarray,
+    gb: Grid,
+    moved: tuple[float, float] = (0.0, 0.0),
     labels: np.ndarray | None = None,
     margin: int = 0,
 ) -> float:
@@ -159,7 +171,8 @@ def cold_tiles(bundle, encoder, path: Path, blend: bool, n: int, z: int = 18) ->
         w, s, e, n_ = probe.geographic_bounds()
     centre = TMS.tile((w + e) / 2, (s + n_) / 2, z)
     near = sorted(((dx, dy) for dx in range(-3, 4) for dy in range(-3, 4)), key=lambda d: d[0] ** 2 + d[1] ** 2)
-    windows, seconds = [], []
+    windows: list[int] = []
+    seconds: list[float] = []
     for dx, dy in near:
         if len(seconds) == n:
             break
@@ -228,6 +241,7 @@ def main() -> None:
                 f"{ratio:.2f}; {eng.windows_encoded / km2:.0f} windows/km²; {elapsed:.0f} s for three renders{cold}",
                 flush=True,
             )
+
 
 if __name__ == "__main__":
     main()

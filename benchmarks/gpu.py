@@ -208,7 +208,10 @@ def z18_tiles(base: str, images: list[Path], limit: int | None) -> list[tuple[st
     for image in images:
         tj = httpx.get(f"{base}/cog/WebMercatorQuad/tilejson.json", params={"url": str(image)}, timeout=60).json()
         centre = tms.tile(tj["center"][0], tj["center"][1], 18)
-        tiles = sorted(tms.tiles(*tj["bounds"], [18]), key=lambda t: abs(t.x - centre.x) + abs(t.y - centre.y))
+        west, south, east, north = tj["bounds"]
+        tiles = sorted(
+            tms.tiles(west, south, east, north, [18]), key=lambda t: abs(t.x - centre.x) + abs(t.y - centre.y)
+        )
         # edge tiles that only touch the image are 404 (outside bounds), as in TiTiler: keep those inside
         tiles = [t for t in tiles if _inside(tms.bounds(t), tj["bounds"])]
         out += [(str(image), t.x, t.y) for t in tiles]

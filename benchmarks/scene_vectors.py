@@ -5,9 +5,11 @@ CLS, mean patch token, or both). This encodes *every* window of each image once,
 of them at random ``--draws`` times per ``n`` and prints how far a draw's vector lies from the all-window vector (cosine
 distance), against how far the images' all-window vectors lie from one another. A draw that
 wanders as far as another image lies would put the same scene in another cluster. Draws are of
-usable windows (image in them), as the server draws them (``SCENE_WINDOWS`` of them).
+usable windows (image in them), as the server draws them (``SCENE_WINDOWS`` of them), and the q-th
+window of a draw is turned by q quarter turns, as the server turns it; the all-window vector is the
+mean over every window at all four turns (``--turns 1``: as read, no turning, 4× faster).
 
-    python -m benchmarks.scene_vectors [COG ...] [--sizes 4,8,16] [--draws 50] [--feature both]
+    python -m benchmarks.scene_vectors [COG ...] [--sizes 4,8,16] [--draws 50] [--feature both] [--turns 4]
 """
 
 from __future__ import annotations
@@ -23,16 +25,17 @@ from benchmarks.common import demo_bundle, engine, machine, oam_images, open_rea
 from dinotiles.core.bundle import Bundle
 from dinotiles.core.encoder import Encoder
 from dinotiles.core.grid import BORDER, read_window
-from dinotiles.scenes.cluster import scene_vector
+from dinotiles.scenes.cluster import ROTATIONS, rotated, scene_vector
 from dinotiles.stac.summary import SCENE_WINDOWS
 
 MIN_VALID = 0.05  # the share of valid patches item_feature needs to use a window
 
 
 def all_window_vectors(
-    path: Path, bundle: Bundle, encoder: Encoder, feature: str
+    path: Path, bundle: Bundle, encoder: Encoder, feature: str, turns: int = ROTATIONS
 ) -> tuple[np.ndarray, list[tuple[int, int]], int]:
-    """Each usable window's scene vector (rows), its (i, j), and the image's window count."""
+    """[turns, windows, D]: each usable window's scene vector at each quarter turn, its (i, j), and the
+    image's window count."""
     with open_reader(engine(bundle, encoder=encoder), path) as src:
         view = src.view
         g = view.grid
@@ -43,11 +46,15 @@ def all_window_vectors(
             win = read_window(view.reader, view.plan, g, i, j)
             if win.valid.mean() < MIN_VALID:
                 continue
-            patches, cls = encoder.features(win.image[None])
-            mean_patch = patches[0][core, core][win.valid[core, core]].mean(axis=0, keepdims=True)[:, None, None, :]
-            vectors.append(scene_vector(mean_patch, cls[:1], feature)[0])
+            per_turn = []
+            for k in range(turns):
+                patches, cls = encoder.features(rotated(win.image, k)[None])
+                valid = rotated(win.valid, k)[core, core]
+                mean_patch = patches[0][core, core][valid].mean(axis=0, keepdims=True)[:, None, None, :]
+                per_turn.append(scene_vector(mean_patch, cls[:1], feature)[0])
+            vectors.append(np.stack(per_turn))
             where.append((i, j))
-        return np.stack(vectors), where, len(windows)
+        return np.stack(vectors, axis=1), where, len(windows)
 
 
 def _cos(a: np.ndarray, b: np.ndarray) -> float:
@@ -60,27 +67,32 @@ def main() -> None:
     parser.add_argument("--sizes", default=f"4,8,{SCENE_WINDOWS}")
     parser.add_argument("--draws", type=int, default=50)
     parser.add_argument("--feature", default="cls", choices=("cls", "mean", "both"))
+    parser.add_argument("--turns", type=int, default=ROTATIONS, choices=(1, 2, 3, 4), help="quarter turns per window")
     args = parser.parse_args()
     bundle = demo_bundle()
     encoder = Encoder.for_bundle(bundle)
     images = args.images or [*oam_images(), Path(".dinotiles/data/test_tiled.tif")]
-    print(f"machine: {machine()}; feature {args.feature}; {args.draws} draws per sample size")
+    print(f"machine: {machine()}; feature {args.feature}; {args.turns} turns; {args.draws} draws per sample size")
     start = time.perf_counter()
-    found = {p.name: all_window_vectors(p, bundle, encoder, args.feature) for p in images}
-    full = {name: v.mean(axis=0) for name, (v, _, _) in found.items()}
+    found = {p.name: all_window_vectors(p, bundle, encoder, args.feature, args.turns) for p in images}
+    full = {name: v.mean(axis=(0, 1)) for name, (v, _, _) in found.items()}
     names = list(full)
     between = [_cos(full[a], full[b]) for k, a in enumerate(names) for b in names[k + 1 :]]
     print(f"encoded every window in {time.perf_counter() - start:.0f} s")
     print(f"distance between images' all-window vectors: min {min(between):.4f}, median {np.median(between):.4f}")
     rng = np.random.default_rng(0)
     for name, (vectors, _, total) in found.items():
+        usable = vectors.shape[1]
         for n in map(int, args.sizes.split(",")):
-            if n >= len(vectors):
+            if n >= usable:
                 continue
-            random = [_cos(vectors[rng.choice(len(vectors), n, replace=False)].mean(axis=0), full[name])
-                      for _ in range(args.draws)]
+            turn = np.arange(n) % args.turns  # the q-th window drawn is turned q times, as item_feature does
+            random = [
+                _cos(vectors[turn, rng.choice(usable, n, replace=False)].mean(axis=0), full[name])
+                for _ in range(args.draws)
+            ]
             print(
-                f"{name}: {len(vectors)} usable windows of {total}; n={n}: random draws median "
+                f"{name}: {usable} usable windows of {total}; n={n}: random draws median "
                 f"{np.median(random):.4f}, 95th pct {np.percentile(random, 95):.4f} (of the nearest other image: "
                 f"{np.percentile(random, 95) / min(between):.2f}x)",
                 flush=True,

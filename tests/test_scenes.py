@@ -212,9 +212,9 @@ def test_scenes_cluster_cli_on_a_folder(labelled_folder: Path, finetuned: FineTu
 def test_scenes_cli_bad_input(tmp_path: Path) -> None:
     assert main(["scenes", "cluster", str(tmp_path), "--bundle", str(tmp_path)]) == 2
     assert main(["scenes", "eval", "--data", str(tmp_path / "missing")]) == 2
-    for bad in ("2x2", "0x2x2", "ax2x2"):  # fine-tuning variants are BLOCKSxVIEWSxEPOCHS, each at least 1
+    for bad in ("2x2", "0x2x2", "ax2x2", "2x2x2:tanh"):  # BLOCKSxVIEWSxEPOCHS[:HEAD], each at least 1
         assert main(["scenes", "eval", "--data", str(tmp_path), "--finetune-sweep", bad]) == 2
     from dinotiles.training.scenes_protocol import parse_variants
 
-    assert parse_variants("2x2x2, 6X4x4") == [(2, 2, 2), (6, 4, 4)]
+    assert parse_variants("2x2x2, 6X4x4:cosine") == [(2, 2, 2, "linear"), (6, 4, 4, "cosine")]
     assert main(["finetune", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2

@@ -75,6 +75,12 @@ def build_parser() -> Parser:
     f.add_argument("--views", type=int, default=2, help="augmented views cached per image")
     f.add_argument("--epochs", type=int, default=4)
     f.add_argument("--batch", type=int, default=32)
+    f.add_argument(
+        "--head",
+        choices=("linear", "cosine"),
+        default="linear",
+        help="classifier on CLS while training (cosine: only the angle counts, as in scene clustering)",
+    )
 
     sc = sub.add_parser("scenes", help="cluster whole scenes (UMAP + Dirichlet-process mixture)")
     ssub = sc.add_subparsers(dest="action", required=True, parser_class=Parser)
@@ -262,6 +268,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
                 views=args.views,
                 epochs=args.epochs,
                 batch=args.batch,
+                head=args.head,
             )
         )
     except ValueError as exc:

@@ -24,6 +24,8 @@ from dinotiles.training.exporter import IMAGENET_MEAN, IMAGENET_STD
 from dinotiles.training.weights import load_weights
 
 SIZE = 224
+HEADS = ("linear", "cosine")
+COSINE_SCALE = 16.0  # logits = scale × cosine: a softmax over [-16, 16] can still reach ~1 for one class
 
 
 @dataclass
@@ -40,6 +42,29 @@ class FinetuneConfig:
     lr: float = 5e-5
     head_lr: float = 1e-3
     seed: int = 0
+    head: str = "linear"
+
+
+class CosineHead(torch.nn.Module):
+    """Class logits from the cosine between CLS and each class's weight vector (×``COSINE_SCALE``).
+
+    A linear head lets CLS grow along directions that only help the training classes; a cosine head
+    rewards only the *angle*, so classes the fine-tune never saw are left separated by angle too —
+    which is what the scene clustering measures (cosine UMAP)."""
+
+    def __init__(self, dim: int, classes: int) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(classes, dim) * dim**-0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cos = torch.nn.functional.normalize(x, dim=-1) @ torch.nn.functional.normalize(self.weight, dim=-1).T
+        return COSINE_SCALE * cos
+
+
+def make_head(kind: str, dim: int, classes: int) -> torch.nn.Module:
+    if kind not in HEADS:
+        raise ValueError(f"head must be one of {', '.join(HEADS)}, got {kind!r}")
+    return CosineHead(dim, classes) if kind == "cosine" else torch.nn.Linear(dim, classes)
 
 
 def augment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -112,7 +137,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     if not 1 <= cfg.blocks <= layers:
         raise ValueError(f"--blocks must be between 1 and {layers}")
     cfg.out.mkdir(parents=True, exist_ok=True)
-    head = torch.nn.Linear(model.config.hidden_size, len(names))
+    head = make_head(cfg.head, model.config.hidden_size, len(names))
     rng = np.random.default_rng(cfg.seed)
     if torch.cuda.is_available():
         device, blocks, views = torch.device("cuda"), layers, 0
@@ -151,6 +176,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         "images": len(files),
         "views": views,
         "blocks_trained": blocks,
+        "head": cfg.head,
         "device": device.type,
         "history": history,
         "weights": str(weights_dir),

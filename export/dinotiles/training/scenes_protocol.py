@@ -34,7 +34,7 @@ from dinotiles.scenes.cluster import (
     read_labelled_folder,
     rotation_mean,
 )
-from dinotiles.training.finetune import SIZE, FinetuneConfig, finetune
+from dinotiles.training.finetune import HEADS, SIZE, FinetuneConfig, finetune
 from dinotiles.training.scenes_eval import scene_encoder
 
 METRICS = ("acc", "nmi", "ari", "k")
@@ -287,17 +287,23 @@ def format_protocol(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def parse_variants(text: str) -> list[tuple[int, int, int]]:
-    """``"2x2x2,4x2x2"`` → [(blocks, views, epochs), …]."""
+def parse_variants(text: str) -> list[tuple[int, int, int, str]]:
+    """``"2x2x2,4x2x2:cosine"`` → [(blocks, views, epochs, head), …] (head: linear unless named)."""
     out = []
     for part in text.split(","):
+        shape, _, head = part.strip().lower().partition(":")
+        head = head or "linear"
         try:
-            blocks, views, epochs = (int(v) for v in part.strip().lower().split("x"))
+            blocks, views, epochs = (int(v) for v in shape.split("x"))
         except ValueError:
-            raise ValueError(f"a fine-tuning variant is BLOCKSxVIEWSxEPOCHS (e.g. 4x2x2), got {part!r}") from None
+            raise ValueError(
+                f"a fine-tuning variant is BLOCKSxVIEWSxEPOCHS[:HEAD] (e.g. 4x2x2:cosine), got {part!r}"
+            ) from None
         if min(blocks, views, epochs) < 1:
             raise ValueError(f"blocks, views and epochs must be at least 1, got {part!r}")
-        out.append((blocks, views, epochs))
+        if head not in HEADS:
+            raise ValueError(f"a variant's head is one of {', '.join(HEADS)}, got {part!r}")
+        out.append((blocks, views, epochs, head))
     return out
 
 
@@ -305,7 +311,7 @@ def finetune_sweep(
     data: Path,
     weights: str,
     out: Path,
-    variants: list[tuple[int, int, int]],
+    variants: list[tuple[int, int, int, str]],
     per_class: int | None = 60,
     finetune_per_class: int | None = 60,
     seed: int = 0,
@@ -326,17 +332,17 @@ def finetune_sweep(
     train, val, test = three_way(names, seed)
     held = [i for i, c in enumerate(labels) if classes[c] in set(val) | set(test)]
     rows = []
-    for blocks, views, epochs in variants:
-        tag = f"b{blocks}-v{views}-e{epochs}"
+    for blocks, views, epochs, head in variants:
+        tag = f"b{blocks}-v{views}-e{epochs}" + ("" if head == "linear" else f"-{head}")
         vdir = out / f"split{seed}-{tag}"
         started = time.time()
         config = FinetuneConfig(data, weights, vdir / "finetune", train, finetune_per_class, blocks, views, epochs)
-        tuned = finetune(replace(config, seed=seed))
+        tuned = finetune(replace(config, seed=seed, head=head))
         trained = time.time() - started
         held_files = [files[i] for i in held]
         feats = rotation_mean(_features(held_files, tuned["weights"], vdir / "bundle", vdir / "features.npy"))
         featured = time.time() - started - trained
-        row: dict[str, Any] = {"blocks": blocks, "views": views, "epochs": epochs}
+        row: dict[str, Any] = {"blocks": blocks, "views": views, "epochs": epochs, "head": head}
         for part, part_classes in (("validation", val), ("test", test)):
             pick = np.array([k for k, i in enumerate(held) if classes[labels[i]] in part_classes])
             row[part] = _summary_scores(feats[pick], labels[np.array(held)[pick]], seed)
@@ -351,17 +357,21 @@ def finetune_sweep(
 def format_sweep(summary: dict[str, Any]) -> str:
     lines = [
         f"split {summary['split']}: fine-tune classes {', '.join(summary['train'])}",
-        f"{'blocks x views x epochs':24} {'val ACC':>8} {'val NMI':>8} {'val K':>6} {'val UMAP+km':>12} "
+        f"{'blocks x views x epochs, head':28} {'val ACC':>8} {'val NMI':>8} {'val K':>6} {'val UMAP+km':>12} "
         f"{'val probe':>10} {'test ACC':>9} {'test NMI':>9} {'test K':>7} {'probe':>6} {'train s':>8} {'feat s':>7}",
     ]
     for r in summary["variants"]:
         v, t = r["validation"], r["test"]
         lines.append(
-            f"{r['blocks']} x {r['views']} x {r['epochs']:<16} {v['default']['acc']:8.3f} {v['default']['nmi']:8.3f} "
+            f"{r['blocks']} x {r['views']} x {r['epochs']:<3} {r.get('head', 'linear'):12} "
+            f"{v['default']['acc']:8.3f} {v['default']['nmi']:8.3f} "
             f"{v['default']['k']:6d} {v['umap_kmeans_true_k']:12.3f} {v['probe']:10.3f} {t['default']['acc']:9.3f} "
             f"{t['default']['nmi']:9.3f} {t['default']['k']:7d} {t['probe']:6.3f} "
             f"{r['seconds']['finetune']:8.0f} {r['seconds']['features']:7.0f}"
         )
     c = summary["chosen"]
-    lines.append(f"chosen on validation ACC: {c['blocks']} blocks, {c['views']} views, {c['epochs']} epochs")
+    lines.append(
+        f"chosen on validation ACC: {c['blocks']} blocks, {c['views']} views, {c['epochs']} epochs, "
+        f"{c.get('head', 'linear')} head"
+    )
     return "\n".join(lines)
