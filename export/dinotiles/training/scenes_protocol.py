@@ -229,6 +229,7 @@ def evaluate_protocol(
             rows[f"{name}: linear probe (5-fold)"] = {"acc": _probe(x, truth, split["seed"])}
         split["results"] = rows
         split["true_k"] = k
+        split["k_on_subsets"] = k_on_subsets(sets["fine-tuned"], truth, method, split["seed"])
         tables.append(rows)
     summary = {
         "data": str(data),
@@ -244,10 +245,43 @@ def evaluate_protocol(
         ],
         "recommended": recommended,
         "mean": _mean_table(tables),
+        "k_on_subsets": _k_ratio_summary([r for s in splits_out for r in s["k_on_subsets"]]),
         "seconds": round(time.time() - started, 1),
     }
     (out / "scenes_protocol.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def k_on_subsets(
+    x: np.ndarray, truth: np.ndarray, method: SceneMethod, seed: int, sizes: tuple[int, ...] = (3, 5, 7), draws: int = 4
+) -> list[dict[str, Any]]:
+    """K inferred on folders of fewer classes (seeded draws of the test classes): is K within ×1.3 of
+    the truth whatever the folder holds, not only for the 10 classes the settings were chosen for?
+    Nothing is chosen here; it reports."""
+    rng = np.random.default_rng(seed)
+    classes = np.unique(truth)
+    out = []
+    for size in sizes:
+        for _ in range(draws):
+            pick = np.sort(rng.choice(classes, size, replace=False))
+            keep = np.isin(truth, pick)
+            labels = partition(embed(x[keep], method, seed), method, seed)[0]
+            found = int(labels.max()) + 1
+            out.append({"classes": pick.tolist(), "true_k": size, "k": found, "ratio": found / size})
+    return out
+
+
+def _k_ratio_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    ratios = np.array([r["ratio"] for r in rows])
+    return {
+        "folders": len(rows),
+        "within_1.3x": float(np.mean((ratios <= 1.3) & (ratios >= 1 / 1.3))),
+        "median_ratio": float(np.median(ratios)),
+        "range": [float(ratios.min()), float(ratios.max())],
+        "by_true_k": {
+            str(k): sorted(int(r["k"]) for r in rows if r["true_k"] == k) for k in sorted({r["true_k"] for r in rows})
+        },
+    }
 
 
 def _summary_scores(x: np.ndarray, truth: np.ndarray, seed: int) -> dict[str, Any]:
@@ -284,6 +318,19 @@ def format_protocol(summary: dict[str, Any]) -> str:
         cells = [f"{m[k][0]:.3f} ± {m[k][1]:.3f}" if k in m else "" for k in ("acc", "nmi", "ari")]
         kcell = f"{m['k'][0]:.1f} ± {m['k'][1]:.1f}" if "k" in m else ""
         lines.append(f"{name:42} {cells[0]:>13} {cells[1]:>13} {cells[2]:>13} {kcell:>11}")
+    for split in summary["splits"]:
+        for name, r in split.get("validation_rotations", {}).items():
+            d = r["default"]
+            lines.append(
+                f"split {split['seed']} validation, {name:9}: ACC {d['acc']:.3f} NMI {d['nmi']:.3f} K {d['k']} "
+                f"UMAP + k-means {r['umap_kmeans_true_k']:.3f} probe {r['probe']:.3f}"
+            )
+    sub = summary.get("k_on_subsets")
+    if sub:
+        lines.append(
+            f"K on {sub['folders']} folders of fewer test classes: within x1.3 of the truth in "
+            f"{sub['within_1.3x']:.0%}, median K/true {sub['median_ratio']:.2f}, K found by true K: {sub['by_true_k']}"
+        )
     return "\n".join(lines)
 
 
