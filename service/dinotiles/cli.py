@@ -123,6 +123,7 @@ def build_parser() -> Parser:
     ev.add_argument("--per-class", type=int, help="held-out images per class (default: all)")
     ev.add_argument("--finetune-per-class", type=int, default=150)
     ev.add_argument("--epochs", type=int, default=4)
+    ev.add_argument("--head", choices=("linear", "cosine"), default="linear", help="--splits: the fine-tune's head")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument(
         "--splits", type=int, help="three-way class splits (fine-tune / choose settings / report), mean ± sd over N"
@@ -319,7 +320,14 @@ def cmd_scenes(args: argparse.Namespace) -> None:
             raise CliError("--splits chooses the classes itself: leave out --train-classes")
         try:
             summary = evaluate_protocol(
-                args.data, args.weights, args.out, args.splits, args.per_class, args.finetune_per_class, args.epochs
+                args.data,
+                args.weights,
+                args.out,
+                args.splits,
+                args.per_class,
+                args.finetune_per_class,
+                args.epochs,
+                head=args.head,
             )
         except ValueError as exc:
             raise CliError(str(exc)) from exc

@@ -151,6 +151,7 @@ def evaluate_protocol(
     finetune_per_class: int | None = 150,
     epochs: int = 4,
     blocks: int = 2,
+    head: str = "linear",
 ) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -170,11 +171,12 @@ def evaluate_protocol(
         done = split_dir / "finetune" / "finetune.json"
         previous = json.loads(done.read_text()) if done.exists() else {}
         same = previous.get("classes") == train and len(previous.get("history", [])) == epochs
+        same = same and previous.get("head", "linear") == head
         if same and previous.get("images") and previous.get("source_weights") == weights:  # a rerun resumes
             tuned = previous
         else:
             config = FinetuneConfig(data, weights, split_dir / "finetune", train, finetune_per_class, blocks)
-            tuned = finetune(replace(config, epochs=epochs, seed=seed))
+            tuned = finetune(replace(config, epochs=epochs, seed=seed, head=head))
         held = [i for i, c in enumerate(labels) if classes[c] in set(val) | set(test)]
         held_files = [files[i] for i in held]
         bundle, cache = split_dir / "bundle_finetuned", split_dir / "features.npy"
@@ -235,6 +237,7 @@ def evaluate_protocol(
         "data": str(data),
         "weights": weights,
         "images_per_class": per_class,
+        "head": head,
         "splits": splits_out,
         "validation_sweep": [
             {
