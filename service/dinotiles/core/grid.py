@@ -64,7 +64,8 @@ def zoom_for_gsd(tms: Any, crs: CRS, x: float, y: float, gsd: float) -> int:
 
 @dataclass(frozen=True)
 class Grid:
-    """Patch grid of one source at the bundle's GSD, in the source's own CRS (UTM if geographic)."""
+    """Patch grid of one source at the bundle's GSD, on a UTM grid: the source's own CRS if that is a UTM zone,
+    else the UTM (or UPS) zone of its centre; window cores on the ground lattice (multiples of one core)."""
 
     crs: CRS
     x0: float
