@@ -35,6 +35,13 @@ def test_well_separated_groups_give_the_right_k() -> None:
         assert result.labels[index] == cluster
     again = cluster_scenes(features, seed=0)
     assert (again.labels == result.labels).all()  # seeded: reproducible
+    # folders holding fewer of the groups: K follows what the folder holds
+    from dinotiles.scenes.cluster import DEFAULT_METHOD
+    from dinotiles.training.scenes_protocol import k_on_subsets
+
+    rows = k_on_subsets(features, truth, DEFAULT_METHOD, seed=0, sizes=(2, 3), draws=2)
+    assert [r["true_k"] for r in rows] == [2, 2, 3, 3]
+    assert all(len(set(r["classes"])) == r["true_k"] and r["k"] == r["true_k"] for r in rows)
 
 
 @pytest.mark.slow
