@@ -26,9 +26,7 @@ from dinotiles.core.bundle import Bundle
 from dinotiles.core.encoder import Encoder
 from dinotiles.core.grid import BORDER, read_window
 from dinotiles.scenes.cluster import ROTATIONS, rotated, scene_vector
-from dinotiles.stac.summary import SCENE_WINDOWS
-
-MIN_VALID = 0.05  # the share of valid patches item_feature needs to use a window
+from dinotiles.stac.summary import MIN_VALID, SCENE_WINDOWS
 
 
 def all_window_vectors(
@@ -44,7 +42,7 @@ def all_window_vectors(
         windows = [(i, j) for i in range(g.window_rows) for j in range(g.window_cols)]
         for i, j in tqdm(windows, desc=path.name, unit="window"):
             win = read_window(view.reader, view.plan, g, i, j)
-            if win.valid.mean() < MIN_VALID:
+            if win.valid[core, core].mean() < MIN_VALID:
                 continue
             per_turn = []
             for k in range(turns):

@@ -21,6 +21,7 @@ STATS_SAMPLE = 16  # windows sampled from a large item for /stac/statistics (see
 # (benchmarks/scene_vectors.py, docs/scene-clustering.md)
 SCENE_WINDOWS = 16
 SCENE_CANDIDATES = 2  # windows read per one encoded: reading is cheap, and no-data windows are skipped
+MIN_VALID = 0.05  # share of a window core's patches that must hold image for the window to count
 
 
 def sample_windows(view: SourceView, n: int, seed: int = 0) -> list[tuple[int, int]]:
@@ -69,7 +70,7 @@ def item_feature(engine: ClusterEngine, view: SourceView, feature: str, n: int =
             if len(queued) == n:
                 break
             win = read_window(view.reader, view.plan, view.grid, i, j)
-            if win.valid.mean() < 0.05:
+            if win.valid[core, core].mean() < MIN_VALID:  # the core is what a window stands for: image in it
                 continue
             turns = len(queued) % ROTATIONS
             queued.append((rotated(win.valid, turns), ticket.submit(rotated(win.image, turns), kind="features")))
