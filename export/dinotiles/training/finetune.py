@@ -200,6 +200,11 @@ def train(
     start_epoch, history = 0, []
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, weights_only=False, map_location=device)
+        if ckpt.get("head_kind", "linear") != cfg.head:  # the head's weights would not load: say so, not a traceback
+            raise ValueError(
+                f"{cfg.out} holds a fine-tune with a {ckpt.get('head_kind', 'linear')} head; "
+                f"resume it with --head {ckpt.get('head_kind', 'linear')} or start in a new --out"
+            )
         model.load_state_dict(ckpt["model"])
         head.load_state_dict(ckpt["head"])
         optim.load_state_dict(ckpt["optim"])
@@ -228,5 +233,5 @@ def train(
             }
         )
         state = {"model": model.state_dict(), "head": head.state_dict(), "optim": optim.state_dict()}
-        torch.save({**state, "epoch": epoch + 1, "history": history}, ckpt_path)
+        torch.save({**state, "epoch": epoch + 1, "history": history, "head_kind": cfg.head}, ckpt_path)
     return history

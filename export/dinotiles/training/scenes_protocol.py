@@ -99,22 +99,22 @@ def _score(truth: np.ndarray, labels: np.ndarray) -> dict[str, float]:
 
 def _features(files: list[Path], weights: str, bundle: Path, cache: Path, turns: int = ROTATIONS) -> np.ndarray:
     """[turns, N, D] CLS vectors of the files turned 0, 1, … quarter turns; each turn cached on disk
-    (keyed by the weights and the file list), so adding rotations reuses the views already encoded."""
+    (keyed by the weights and the file list), so adding rotations reuses the views already encoded.
+    The turns not cached are encoded in one pass over the files (each image read once)."""
     names = [f"weights={weights}", *map(str, files)]
-    encoder = None
-    views = []
-    for k in range(turns):
-        path = cache if k == 0 else cache.with_name(f"{cache.stem}_rot{k}.npy")
+    paths = [cache if k == 0 else cache.with_name(f"{cache.stem}_rot{k}.npy") for k in range(turns)]
+
+    def cached(path: Path) -> bool:
         listing = path.with_suffix(".txt")
-        if path.exists() and listing.exists() and listing.read_text().splitlines() == names:
-            views.append(np.load(path, allow_pickle=False))
-            continue
-        encoder = encoder or scene_encoder(weights, bundle)
-        view = folder_views(encoder, files, SIZE, feature="cls", turns=(k,))[0]
-        np.save(path, view)
-        listing.write_text("\n".join(names) + "\n")
-        views.append(view)
-    return np.stack(views)
+        return path.exists() and listing.exists() and listing.read_text().splitlines() == names
+
+    missing = [k for k in range(turns) if not cached(paths[k])]
+    if missing:
+        fresh = folder_views(scene_encoder(weights, bundle), files, SIZE, feature="cls", turns=missing)
+        for k, view in zip(missing, fresh, strict=True):
+            np.save(paths[k], view)
+            paths[k].with_suffix(".txt").write_text("\n".join(names) + "\n")
+    return np.stack([np.load(path, allow_pickle=False) for path in paths])
 
 
 def sweep(features: np.ndarray, truth: np.ndarray, methods: list[SceneMethod], seed: int) -> list[dict[str, Any]]:
