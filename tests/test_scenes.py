@@ -204,6 +204,34 @@ def test_finetune_loss_falls_and_weights_export(finetuned: FineTuned) -> None:
 
 
 @pytest.mark.slow
+def test_last_blocks_over_shared_frozen_outputs_match_the_exported_encoder(
+    labelled_folder: Path, finetuned: FineTuned, tmp_path: Path
+) -> None:
+    """The protocol's cheap path (the base's first blocks once, each fine-tune's last blocks over them)
+    gives the vectors the fine-tune's exported ONNX encoder gives, turned images included; a model
+    whose first blocks changed is refused."""
+    from dinotiles.core.encoder import Encoder
+    from dinotiles.scenes.cluster import folder_views
+    from dinotiles.training.trunk import FrozenBlocksDiffer, head_views, same_frozen_blocks, trunk_views
+    from dinotiles.training.weights import load_weights
+
+    files, _, _ = read_labelled_folder(labelled_folder, per_class=2)
+    tuned = str(finetuned.out / "weights")  # trained its last block only: 11 of 12 frozen
+    trunk = trunk_views(str(DEMO_WEIGHTS), files, 11, tmp_path / "trunk.npy", turns=2)
+    assert trunk.shape[:2] == (2, len(files)) and trunk.dtype == np.float16
+    cheap = head_views(tuned, str(DEMO_WEIGHTS), trunk, 11, range(len(files)))
+    whole = folder_views(Encoder(finetuned.bundle / "model.onnx", 224, 14, None), files, 224, turns=(0, 1))
+    unit = cheap / np.linalg.norm(cheap, axis=-1, keepdims=True)
+    ref = whole / np.linalg.norm(whole, axis=-1, keepdims=True)
+    assert (unit * ref).sum(-1).min() > 0.999
+    assert (unit[0] * unit[1]).sum(-1).max() < 0.999  # the two turns differ, so the check above can fail
+    base, model = load_weights(str(DEMO_WEIGHTS)).model, load_weights(tuned).model
+    assert same_frozen_blocks(model, base, 11) and not same_frozen_blocks(model, base, 12)
+    with pytest.raises(FrozenBlocksDiffer):  # as if all 12 blocks were shared: the fine-tuned 12th is not
+        head_views(tuned, str(DEMO_WEIGHTS), np.zeros((1, 1, 257, 384), np.float16), 12, [0])
+
+
+@pytest.mark.slow
 def test_scenes_cluster_cli_on_a_folder(labelled_folder: Path, finetuned: FineTuned, tmp_path: Path) -> None:
     out = tmp_path / "clusters.json"
     args = ["scenes", "cluster", str(labelled_folder), "--bundle", str(finetuned.bundle), "--out", str(out)]
@@ -219,9 +247,13 @@ def test_scenes_cluster_cli_on_a_folder(labelled_folder: Path, finetuned: FineTu
 def test_scenes_cli_bad_input(tmp_path: Path) -> None:
     assert main(["scenes", "cluster", str(tmp_path), "--bundle", str(tmp_path)]) == 2
     assert main(["scenes", "eval", "--data", str(tmp_path / "missing")]) == 2
-    for bad in ("2x2", "0x2x2", "ax2x2", "2x2x2:tanh"):  # BLOCKSxVIEWSxEPOCHS[:HEAD], each at least 1
+    for bad in ("2x2", "0x2x2", "ax2x2", "2x2x2:tanh", "2x2x2@0", "2x2x2@some"):  # BxVxE[@N|@all][:HEAD]
         assert main(["scenes", "eval", "--data", str(tmp_path), "--finetune-sweep", bad]) == 2
-    from dinotiles.training.scenes_protocol import parse_variants
+    from dinotiles.training.scenes_protocol import Variant, parse_variants
 
-    assert parse_variants("2x2x2, 6X4x4:cosine") == [(2, 2, 2, "linear"), (6, 4, 4, "cosine")]
+    assert parse_variants("2x2x2, 6X4x4@all:cosine, 2x1x1@150", 60) == [
+        Variant(2, 2, 2, "linear", 60),
+        Variant(6, 4, 4, "cosine", None),
+        Variant(2, 1, 1, "linear", 150),
+    ]
     assert main(["finetune", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2

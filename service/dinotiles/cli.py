@@ -130,9 +130,10 @@ def build_parser() -> Parser:
     )
     ev.add_argument(
         "--finetune-sweep",
-        metavar="BxVxE,...",
-        help="instead: fine-tuning variants (last B blocks, V cached views, E epochs) on split --seed, "
-        "judged on its validation classes, e.g. 2x2x2,4x2x2,6x2x2",
+        metavar="BxVxE[@N][:HEAD],...",
+        help="instead: fine-tuning variants (last B blocks, V cached views, E epochs, N images a class or "
+        "'all', default --finetune-per-class) on split --seed, judged on its validation classes, "
+        "e.g. 2x2x2,2x2x2@all,4x2x2:cosine",
     )
 
     bt = sub.add_parser("batch", help="render many COGs (or a STAC search's items) on Ray into cluster COGs + STAC")
@@ -302,10 +303,8 @@ def cmd_scenes(args: argparse.Namespace) -> None:
         from dinotiles.training.scenes_protocol import finetune_sweep, format_sweep, parse_variants
 
         try:
-            variants = parse_variants(args.finetune_sweep)
-            sweep = finetune_sweep(
-                args.data, args.weights, args.out, variants, args.per_class, args.finetune_per_class, args.seed
-            )
+            variants = parse_variants(args.finetune_sweep, args.finetune_per_class)
+            sweep = finetune_sweep(args.data, args.weights, args.out, variants, args.per_class, args.seed)
         except ValueError as exc:
             raise CliError(str(exc)) from exc
         print(format_sweep(sweep))

@@ -110,9 +110,11 @@ def cache_frozen(model: Any, files: Sequence[Path], frozen: int, views: int, sto
     rng = np.random.default_rng(seed)
     tokens = (SIZE // model.config.patch_size) ** 2 + 1 + int(getattr(model.config, "num_register_tokens", 0) or 0)
     shape = (views * len(files), tokens, model.config.hidden_size)
-    done_flag = store.with_suffix(".done")
-    if done_flag.exists():
-        return np.lib.format.open_memmap(store, mode="r")
+    done_flag, listing = store.with_suffix(".done"), store.with_suffix(".txt")
+    names = [f"frozen={frozen}", f"views={views}", f"seed={seed}", *map(str, files)]
+    if done_flag.exists() and listing.exists() and listing.read_text().splitlines() == names:
+        return np.lib.format.open_memmap(store, mode="r")  # a resumed run: the same images, views and seed
+    done_flag.unlink(missing_ok=True)
     cache = np.lib.format.open_memmap(store, mode="w+", dtype=np.float16, shape=shape)
     batch = 16
     with torch.no_grad():
@@ -124,6 +126,7 @@ def cache_frozen(model: Any, files: Sequence[Path], frozen: int, views: int, sto
                 hidden = frozen_forward(model, normalise(np.stack(imgs)), frozen)
                 cache[v * len(files) + start : v * len(files) + start + len(imgs)] = hidden.numpy().astype(np.float16)
     cache.flush()
+    listing.write_text("\n".join(names) + "\n")
     done_flag.touch()
     return cache
 
@@ -205,6 +208,11 @@ def train(
                 f"{cfg.out} holds a fine-tune with a {ckpt.get('head_kind', 'linear')} head; "
                 f"resume it with --head {ckpt.get('head_kind', 'linear')} or start in a new --out"
             )
+        if ckpt.get("samples", len(targets)) != len(targets):  # other images or views: not this run's state
+            raise ValueError(
+                f"{cfg.out} holds a fine-tune on {ckpt['samples']} samples, this one has {len(targets)} "
+                "(other images, classes or views); start it in a new --out"
+            )
         model.load_state_dict(ckpt["model"])
         head.load_state_dict(ckpt["head"])
         optim.load_state_dict(ckpt["optim"])
@@ -233,5 +241,6 @@ def train(
             }
         )
         state = {"model": model.state_dict(), "head": head.state_dict(), "optim": optim.state_dict()}
-        torch.save({**state, "epoch": epoch + 1, "history": history, "head_kind": cfg.head}, ckpt_path)
+        extra = {"epoch": epoch + 1, "history": history, "head_kind": cfg.head, "samples": len(targets)}
+        torch.save({**state, **extra}, ckpt_path)
     return history

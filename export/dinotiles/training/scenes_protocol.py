@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,8 @@ from dinotiles.scenes.cluster import (
 )
 from dinotiles.training.finetune import HEADS, SIZE, FinetuneConfig, finetune
 from dinotiles.training.scenes_eval import scene_encoder
+from dinotiles.training.trunk import FrozenBlocksDiffer, head_views, trunk_views
+from dinotiles.training.weights import load_weights
 
 METRICS = ("acc", "nmi", "ari", "k")
 PREVIOUS_METHOD = SceneMethod(dims=8, neighbours=15, merge=0.0)  # the paper's settings, before this protocol
@@ -98,9 +100,9 @@ def _score(truth: np.ndarray, labels: np.ndarray) -> dict[str, float]:
 
 
 def _features(files: list[Path], weights: str, bundle: Path, cache: Path, turns: int = ROTATIONS) -> np.ndarray:
-    """[turns, N, D] CLS vectors of the files turned 0, 1, … quarter turns; each turn cached on disk
-    (keyed by the weights and the file list), so adding rotations reuses the views already encoded.
-    The turns not cached are encoded in one pass over the files (each image read once)."""
+    """[turns, N, D] CLS vectors through the whole exported ONNX encoder, each file turned 0, 1, …
+    quarter turns; cached on disk keyed by the weights and the file list. For a model whose first
+    blocks are not the base's (a CUDA fine-tune trains them all); `_views` is the cheap path."""
     names = [f"weights={weights}", *map(str, files)]
     paths = [cache if k == 0 else cache.with_name(f"{cache.stem}_rot{k}.npy") for k in range(turns)]
 
@@ -115,6 +117,40 @@ def _features(files: list[Path], weights: str, bundle: Path, cache: Path, turns:
             np.save(paths[k], view)
             paths[k].with_suffix(".txt").write_text("\n".join(names) + "\n")
     return np.stack([np.load(path, allow_pickle=False) for path in paths])
+
+
+@dataclass(frozen=True)
+class Trunk:
+    """The base model's first ``frozen`` blocks over every protocol image at every turn (`training.trunk`)."""
+
+    weights: str
+    files: list[Path]
+    frozen: int
+    views: np.ndarray  # [turns, N, tokens, D] float16, memory-mapped
+
+
+def _trunk(weights: str, files: list[Path], blocks: int, out: Path) -> Trunk:
+    layers = int(load_weights(weights).model.config.num_hidden_layers)
+    if not 1 <= blocks <= layers:
+        raise ValueError(f"blocks must be between 1 and {layers}, got {blocks}")
+    frozen = layers - blocks
+    return Trunk(weights, files, frozen, trunk_views(weights, files, frozen, out / f"trunk_frozen{frozen}.npy"))
+
+
+def _views(trunk: Trunk, weights: str, rows: list[int], bundle: Path, cache: Path) -> np.ndarray:
+    """[turns, len(rows), D] CLS vectors of ``weights`` for the trunk's ``rows``: only the last blocks
+    run (the first are the base's, shared); a model that changed its first blocks is encoded whole."""
+    names = [f"weights={weights}", f"frozen={trunk.frozen}", *(str(trunk.files[i]) for i in rows)]
+    listing = cache.with_suffix(".txt")
+    if cache.exists() and listing.exists() and listing.read_text().splitlines() == names:
+        return np.load(cache, allow_pickle=False)
+    try:
+        views = head_views(weights, trunk.weights, trunk.views, trunk.frozen, rows)
+    except FrozenBlocksDiffer:
+        views = _features([trunk.files[i] for i in rows], weights, bundle, cache.with_name(f"{cache.stem}_onnx.npy"))
+    np.save(cache, views)
+    listing.write_text("\n".join(names) + "\n")
+    return views
 
 
 def sweep(features: np.ndarray, truth: np.ndarray, methods: list[SceneMethod], seed: int) -> list[dict[str, Any]]:
@@ -160,7 +196,8 @@ def evaluate_protocol(
         raise ValueError(f"a three-way split needs at least 6 classes, {data} has {len(names)}")
     # one image sample for every split (seed 0): the split seed decides only which classes go where
     files, labels, classes = read_labelled_folder(data, None, per_class, seed=0)
-    base_views = _features(files, weights, out / "bundle_base", out / "features_base.npy")
+    trunk = _trunk(weights, files, blocks, out)  # the first blocks, shared by the base and every fine-tune
+    base_views = _views(trunk, weights, list(range(len(files))), out / "bundle_base", out / "features_base.npy")
     base = rotation_mean(base_views)
     splits_out: list[dict[str, Any]] = []
     validation: list[list[dict[str, Any]]] = []
@@ -171,6 +208,7 @@ def evaluate_protocol(
         done = split_dir / "finetune" / "finetune.json"
         previous = json.loads(done.read_text()) if done.exists() else {}
         same = previous.get("classes") == train and len(previous.get("history", [])) == epochs
+        same = same and previous.get("images") == len(read_labelled_folder(data, train, finetune_per_class, seed)[0])
         same = same and previous.get("head", "linear") == head
         if same and previous.get("images") and previous.get("source_weights") == weights:  # a rerun resumes
             tuned = previous
@@ -178,9 +216,8 @@ def evaluate_protocol(
             config = FinetuneConfig(data, weights, split_dir / "finetune", train, finetune_per_class, blocks)
             tuned = finetune(replace(config, epochs=epochs, seed=seed, head=head))
         held = [i for i, c in enumerate(labels) if classes[c] in set(val) | set(test)]
-        held_files = [files[i] for i in held]
         bundle, cache = split_dir / "bundle_finetuned", split_dir / "features.npy"
-        tuned_views = _features(held_files, tuned["weights"], bundle, cache)
+        tuned_views = _views(trunk, tuned["weights"], held, bundle, cache)
         ft = dict(zip(held, rotation_mean(tuned_views), strict=True))
         ft_read = dict(zip(held, tuned_views[0], strict=True))
         val_idx = np.array([i for i in held if classes[labels[i]] in val])
@@ -337,41 +374,59 @@ def format_protocol(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def parse_variants(text: str) -> list[tuple[int, int, int, str]]:
-    """``"2x2x2,4x2x2:cosine"`` → [(blocks, views, epochs, head), …] (head: linear unless named)."""
+@dataclass(frozen=True)
+class Variant:
+    """One fine-tuning variant of the sweep: last ``blocks`` trained on ``views`` cached views for
+    ``epochs`` epochs with a ``head`` head, on ``per_class`` images of each fine-tune class (None: all)."""
+
+    blocks: int
+    views: int
+    epochs: int
+    head: str = "linear"
+    per_class: int | None = 60
+
+    @property
+    def tag(self) -> str:
+        images = "all" if self.per_class is None else str(self.per_class)
+        return f"b{self.blocks}-v{self.views}-e{self.epochs}-n{images}" + (
+            "" if self.head == "linear" else f"-{self.head}"
+        )
+
+
+VARIANT_SYNTAX = "BLOCKSxVIEWSxEPOCHS[@IMAGES|@all][:HEAD] (e.g. 4x2x2@150:cosine)"
+
+
+def parse_variants(text: str, per_class: int | None = 60) -> list[Variant]:
+    """``"2x2x2,2x2x2@all,4x2x2:cosine"`` → variants; images per class default to ``per_class``, the
+    head to linear."""
     out = []
     for part in text.split(","):
-        shape, _, head = part.strip().lower().partition(":")
+        spec, _, head = part.strip().lower().partition(":")
+        shape, at, images = spec.partition("@")
         head = head or "linear"
         try:
             blocks, views, epochs = (int(v) for v in shape.split("x"))
+            count = per_class if not at else None if images == "all" else int(images)
         except ValueError:
-            raise ValueError(
-                f"a fine-tuning variant is BLOCKSxVIEWSxEPOCHS[:HEAD] (e.g. 4x2x2:cosine), got {part!r}"
-            ) from None
-        if min(blocks, views, epochs) < 1:
-            raise ValueError(f"blocks, views and epochs must be at least 1, got {part!r}")
+            raise ValueError(f"a fine-tuning variant is {VARIANT_SYNTAX}, got {part!r}") from None
+        if min(blocks, views, epochs) < 1 or (count is not None and count < 1):
+            raise ValueError(f"blocks, views, epochs and images must be at least 1, got {part!r}")
         if head not in HEADS:
             raise ValueError(f"a variant's head is one of {', '.join(HEADS)}, got {part!r}")
-        out.append((blocks, views, epochs, head))
+        out.append(Variant(blocks, views, epochs, head, count))
     return out
 
 
 def finetune_sweep(
-    data: Path,
-    weights: str,
-    out: Path,
-    variants: list[tuple[int, int, int, str]],
-    per_class: int | None = 60,
-    finetune_per_class: int | None = 60,
-    seed: int = 0,
+    data: Path, weights: str, out: Path, variants: list[Variant], per_class: int | None = 60, seed: int = 0
 ) -> dict[str, Any]:
-    """What more of the network buys (CPU: last N blocks on cached views), on split ``seed``.
+    """What more of the network and of the data buys (CPU: last N blocks on cached views), on split ``seed``.
 
     Each variant fine-tunes on the split's fine-tune classes and is judged on its *validation*
     classes with the shipped clustering defaults (ACC / NMI / K), UMAP + k-means with the true K, and a
     linear probe; its test figures are printed beside them but take no part in the choice. Wall
-    clock: caching the frozen blocks' outputs + training, then the held-out images' features.
+    clock: the fine-tune (caching its frozen blocks' outputs + training), the held-out images' features
+    (last blocks over the shared frozen outputs), and once per blocks count those shared outputs.
     """
 
     out.mkdir(parents=True, exist_ok=True)
@@ -382,21 +437,21 @@ def finetune_sweep(
     train, val, test = three_way(names, seed)
     held = [i for i, c in enumerate(labels) if classes[c] in set(val) | set(test)]
     rows = []
-    for blocks, views, epochs, head in variants:
-        tag = f"b{blocks}-v{views}-e{epochs}" + ("" if head == "linear" else f"-{head}")
-        vdir = out / f"split{seed}-{tag}"
+    for v in variants:
+        vdir = out / f"split{seed}-{v.tag}"
         started = time.time()
-        config = FinetuneConfig(data, weights, vdir / "finetune", train, finetune_per_class, blocks, views, epochs)
-        tuned = finetune(replace(config, seed=seed, head=head))
-        trained = time.time() - started
-        held_files = [files[i] for i in held]
-        feats = rotation_mean(_features(held_files, tuned["weights"], vdir / "bundle", vdir / "features.npy"))
-        featured = time.time() - started - trained
-        row: dict[str, Any] = {"blocks": blocks, "views": views, "epochs": epochs, "head": head}
+        trunk = _trunk(weights, files, v.blocks, out)
+        shared = time.time() - started
+        config = FinetuneConfig(data, weights, vdir / "finetune", train, v.per_class, v.blocks, v.views, v.epochs)
+        tuned = finetune(replace(config, seed=seed, head=v.head))
+        trained = time.time() - started - shared
+        feats = rotation_mean(_views(trunk, tuned["weights"], held, vdir / "bundle", vdir / "features.npy"))
+        featured = time.time() - started - shared - trained
+        row: dict[str, Any] = {**asdict(v), "images": tuned["images"]}
         for part, part_classes in (("validation", val), ("test", test)):
             pick = np.array([k for k, i in enumerate(held) if classes[labels[i]] in part_classes])
             row[part] = _summary_scores(feats[pick], labels[np.array(held)[pick]], seed)
-        row["seconds"] = {"finetune": round(trained, 1), "features": round(featured, 1)}
+        row["seconds"] = {"finetune": round(trained, 1), "features": round(featured, 1), "shared": round(shared, 1)}
         row["history"] = tuned["history"]
         rows.append(row)
         (out / f"finetune_sweep_split{seed}.json").write_text(json.dumps(rows, indent=2) + "\n")
@@ -407,13 +462,13 @@ def finetune_sweep(
 def format_sweep(summary: dict[str, Any]) -> str:
     lines = [
         f"split {summary['split']}: fine-tune classes {', '.join(summary['train'])}",
-        f"{'blocks x views x epochs, head':28} {'val ACC':>8} {'val NMI':>8} {'val K':>6} {'val UMAP+km':>12} "
+        f"{'blocks x views x epochs, images, head':37} {'val ACC':>8} {'val NMI':>8} {'val K':>6} {'val UMAP+km':>12} "
         f"{'val probe':>10} {'test ACC':>9} {'test NMI':>9} {'test K':>7} {'probe':>6} {'train s':>8} {'feat s':>7}",
     ]
     for r in summary["variants"]:
         v, t = r["validation"], r["test"]
         lines.append(
-            f"{r['blocks']} x {r['views']} x {r['epochs']:<3} {r.get('head', 'linear'):12} "
+            f"{r['blocks']} x {r['views']} x {r['epochs']:<3} {r['images']:>6} {r['head']:15} "
             f"{v['default']['acc']:8.3f} {v['default']['nmi']:8.3f} "
             f"{v['default']['k']:6d} {v['umap_kmeans_true_k']:12.3f} {v['probe']:10.3f} {t['default']['acc']:9.3f} "
             f"{t['default']['nmi']:9.3f} {t['default']['k']:7d} {t['probe']:6.3f} "
@@ -422,6 +477,6 @@ def format_sweep(summary: dict[str, Any]) -> str:
     c = summary["chosen"]
     lines.append(
         f"chosen on validation ACC: {c['blocks']} blocks, {c['views']} views, {c['epochs']} epochs, "
-        f"{c.get('head', 'linear')} head"
+        f"{c['images']} images, {c['head']} head"
     )
     return "\n".join(lines)
