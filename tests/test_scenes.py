@@ -25,6 +25,8 @@ def test_well_separated_groups_give_the_right_k() -> None:
     centres = rng.normal(size=(4, 64)) * 4
     features = np.concatenate([c + rng.normal(size=(40, 64)) for c in centres]).astype(np.float32)
     truth = np.repeat(np.arange(4), 40)
+    from dinotiles.scenes.cluster import DEFAULT_METHOD
+
     result = cluster_scenes(features, seed=0)
     assert result.k == 4
     scores = clustering_scores(truth, result.labels)
@@ -35,8 +37,12 @@ def test_well_separated_groups_give_the_right_k() -> None:
         assert result.labels[index] == cluster
     again = cluster_scenes(features, seed=0)
     assert (again.labels == result.labels).all()  # seeded: reproducible
+    from dataclasses import replace
+
+    pooled = cluster_scenes(features, seed=0, method=replace(DEFAULT_METHOD, runs=3))
+    assert pooled.k == 4 and clustering_scores(truth, pooled.labels)["acc"] > 0.95
+    assert pooled.as_dict([str(i) for i in range(len(features))])["method"]["consensus"]["runs"] == 3
     # folders holding fewer of the groups: K follows what the folder holds
-    from dinotiles.scenes.cluster import DEFAULT_METHOD
     from dinotiles.training.scenes_protocol import k_on_subsets
 
     rows = k_on_subsets(features, truth, DEFAULT_METHOD, seed=0, sizes=(2, 3), draws=2)
@@ -64,6 +70,31 @@ def test_small_groups_join_bigger_ones_and_density_clustering_agrees() -> None:
     answer = merged.as_dict([f"s{i}" for i in range(len(features))])
     assert sum(c["size"] for c in answer["clusters"]) == len(features)
     assert all(answer["items"][int(c["representative"][1:])]["cluster"] == c["cluster"] for c in answer["clusters"])
+
+
+def test_consensus_keeps_what_the_runs_agree_on() -> None:
+    """Runs that each split one group in two, or join two groups once, pool into the three groups all
+    but a few runs agree on; a stricter agreement keeps the halves apart; a group too small joins the
+    one it was most often with; an item's probability is how often it sat with its group."""
+    from dinotiles.scenes.cluster import consensus
+
+    truth = np.repeat([0, 1, 2], 20)
+    runs = []
+    for r in range(6):  # run r splits group r % 3: each group's halves are together in 6 of 8 runs
+        labels = truth.copy()
+        labels[np.flatnonzero(truth == r % 3)[10:]] = 3
+        runs.append(labels)
+    runs += [np.where(truth == 2, 1, truth), truth.copy()]  # groups 1 and 2 together once
+    labels, probs = consensus(runs, agreement=0.5, min_share=0.01)
+    assert clustering_scores(truth, labels)["acc"] == 1.0 and labels.max() == 2
+    assert ((probs > 0.5) & (probs < 1)).all()  # split in some runs: sure, not certain
+    strict, _ = consensus(runs, agreement=0.8, min_share=0.01)
+    assert strict.max() + 1 == 6  # 6/8 together is below 0.8: each group's halves part
+    odd = [np.where(np.arange(60) == 0, 9, labels) for labels in runs]  # item 0 always alone
+    alone, _ = consensus(odd, agreement=0.5, min_share=0.01)
+    assert alone.max() + 1 == 4
+    joined, _ = consensus(odd, agreement=0.5, min_share=0.05)  # a group of 1 is under 5 % of 60
+    assert joined.max() + 1 == 3 and np.bincount(joined).min() >= 3
 
 
 def test_ridge_ratio_tells_one_mode_from_two() -> None:

@@ -30,9 +30,9 @@ from dinotiles.scenes.cluster import (
     clustering_scores,
     embed,
     folder_views,
-    partition,
     read_labelled_folder,
     rotation_mean,
+    scene_partition,
 )
 from dinotiles.training.finetune import HEADS, SIZE, FinetuneConfig, finetune
 from dinotiles.training.scenes_eval import scene_encoder
@@ -59,6 +59,13 @@ def grid() -> list[SceneMethod]:
         for nb in (15, 30)
         for cov in ("diag", "full")
         for merge in (0.3, 0.6)
+    ]
+    out += [  # the consensus of 8 seeded runs (UMAP + DP-GMM), cut at an average togetherness
+        SceneMethod(dims, nb, "dpgmm", "diag", 1.0 / 30, 0.01, merge, runs=8, agreement=agreement)
+        for dims in (4, 8)
+        for nb in (15, 30)
+        for merge in (0.0, 0.6)
+        for agreement in (0.5, 0.7)
     ]
     out += [
         SceneMethod(dims, nb, "hdbscan", min_share=share)
@@ -155,12 +162,10 @@ def _views(trunk: Trunk, weights: str, rows: list[int], bundle: Path, cache: Pat
 
 def sweep(features: np.ndarray, truth: np.ndarray, methods: list[SceneMethod], seed: int) -> list[dict[str, Any]]:
     """Every method on one set of vectors (one UMAP per dims × neighbours)."""
-    rows, embeddings = [], {}
+    rows: list[dict[str, Any]] = []
+    memo: dict[Any, Any] = {}  # embeddings and single runs, shared by the settings that need them
     for method in tqdm(methods, desc="settings", unit="setting"):
-        key = (method.dims, method.neighbours)
-        if key not in embeddings:
-            embeddings[key] = embed(features, method, seed)
-        labels, _ = partition(embeddings[key], method, seed)
+        labels = scene_partition(features, method, seed, memo=memo)[0]
         rows.append({"method": asdict(method), **_score(truth, labels)})
     return rows
 
@@ -261,9 +266,9 @@ def evaluate_protocol(
             emb = embed(x, method, split["seed"])
             rows[f"{name} + k-means (true K)"] = _score(truth, _kmeans(_unit(x), k, split["seed"]))
             rows[f"{name} + UMAP + k-means (true K)"] = _score(truth, _kmeans(emb, k, split["seed"]))
-            rows[f"{name} + UMAP + chosen (infers K)"] = _score(truth, partition(emb, method, split["seed"])[0])
-            old = embed(x, PREVIOUS_METHOD, split["seed"])
-            before = partition(old, PREVIOUS_METHOD, split["seed"])[0]
+            chosen_labels = scene_partition(x, method, split["seed"])[0]
+            rows[f"{name} + UMAP + chosen (infers K)"] = _score(truth, chosen_labels)
+            before = scene_partition(x, PREVIOUS_METHOD, split["seed"])[0]
             rows[f"{name} + UMAP + DP-GMM, previous defaults"] = _score(truth, before)
             rows[f"{name}: linear probe (5-fold)"] = {"acc": _probe(x, truth, split["seed"])}
         split["results"] = rows
@@ -305,7 +310,7 @@ def k_on_subsets(
         for _ in range(draws):
             pick = np.sort(rng.choice(classes, size, replace=False))
             keep = np.isin(truth, pick)
-            labels = partition(embed(x[keep], method, seed), method, seed)[0]
+            labels = scene_partition(x[keep], method, seed)[0]
             found = int(labels.max()) + 1
             out.append({"classes": pick.tolist(), "true_k": size, "k": found, "ratio": found / size})
     return out
@@ -326,9 +331,9 @@ def _k_ratio_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _summary_scores(x: np.ndarray, truth: np.ndarray, seed: int) -> dict[str, Any]:
     """The shipped clustering, UMAP + k-means with the true K and the probe, on one set of vectors."""
-    emb = embed(x, DEFAULT_METHOD, seed)
+    labels, _, emb = scene_partition(x, DEFAULT_METHOD, seed)
     return {
-        "default": _score(truth, partition(emb, DEFAULT_METHOD, seed)[0]),
+        "default": _score(truth, labels),
         "umap_kmeans_true_k": _score(truth, _kmeans(emb, len(np.unique(truth)), seed))["acc"],
         "probe": _probe(x, truth, seed),
     }
