@@ -124,6 +124,7 @@ def build_parser() -> Parser:
     ev.add_argument("--finetune-per-class", type=int, default=150)
     ev.add_argument("--epochs", type=int, default=4)
     ev.add_argument("--head", choices=("linear", "cosine"), default="linear", help="--splits: the fine-tune's head")
+    ev.add_argument("--views", type=int, default=2, help="--splits: augmented views cached per fine-tune image")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument(
         "--splits", type=int, help="three-way class splits (fine-tune / choose settings / report), mean ± sd over N"
@@ -313,8 +314,8 @@ def cmd_scenes(args: argparse.Namespace) -> None:
     if args.splits:
         from dinotiles.training.scenes_protocol import evaluate_protocol, format_protocol
 
-        if args.splits < 1:
-            raise CliError("--splits must be at least 1")
+        if args.splits < 1 or args.views < 1:
+            raise CliError("--splits and --views must be at least 1")
         if args.train_classes:
             raise CliError("--splits chooses the classes itself: leave out --train-classes")
         try:
@@ -327,6 +328,7 @@ def cmd_scenes(args: argparse.Namespace) -> None:
                 args.finetune_per_class,
                 args.epochs,
                 head=args.head,
+                views=args.views,
             )
         except ValueError as exc:
             raise CliError(str(exc)) from exc

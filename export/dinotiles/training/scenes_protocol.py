@@ -193,6 +193,7 @@ def evaluate_protocol(
     epochs: int = 4,
     blocks: int = 2,
     head: str = "linear",
+    views: int = 2,
 ) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -214,11 +215,11 @@ def evaluate_protocol(
         previous = json.loads(done.read_text()) if done.exists() else {}
         same = previous.get("classes") == train and len(previous.get("history", [])) == epochs
         same = same and previous.get("images") == len(read_labelled_folder(data, train, finetune_per_class, seed)[0])
-        same = same and previous.get("head", "linear") == head
+        same = same and previous.get("head", "linear") == head and previous.get("views") == views
         if same and previous.get("images") and previous.get("source_weights") == weights:  # a rerun resumes
             tuned = previous
         else:
-            config = FinetuneConfig(data, weights, split_dir / "finetune", train, finetune_per_class, blocks)
+            config = FinetuneConfig(data, weights, split_dir / "finetune", train, finetune_per_class, blocks, views)
             tuned = finetune(replace(config, epochs=epochs, seed=seed, head=head))
         held = [i for i, c in enumerate(labels) if classes[c] in set(val) | set(test)]
         bundle, cache = split_dir / "bundle_finetuned", split_dir / "features.npy"
@@ -428,8 +429,8 @@ def finetune_sweep(
     """What more of the network and of the data buys (CPU: last N blocks on cached views), on split ``seed``.
 
     Each variant fine-tunes on the split's fine-tune classes and is judged on its *validation*
-    classes with the shipped clustering defaults (ACC / NMI / K), UMAP + k-means with the true K, and a
-    linear probe; its test figures are printed beside them but take no part in the choice. Wall
+    classes: chosen by UMAP + k-means with the true K, shown with the shipped clustering (ACC / NMI /
+    K) and a linear probe; its test figures are printed beside them but take no part in the choice. Wall
     clock: the fine-tune (caching its frozen blocks' outputs + training), the held-out images' features
     (last blocks over the shared frozen outputs), and once per blocks count those shared outputs.
     """
@@ -460,7 +461,10 @@ def finetune_sweep(
         row["history"] = tuned["history"]
         rows.append(row)
         (out / f"finetune_sweep_split{seed}.json").write_text(json.dumps(rows, indent=2) + "\n")
-    best = max(rows, key=lambda r: round(r["validation"]["default"]["acc"], 3))
+    # features are chosen by how well the validation classes cluster when told K: the shipped clustering's
+    # ACC on one seed moves by ~0.04 (sd) from one UMAP seed to another and is tuned to the old features;
+    # the protocol's grid chooses how to infer K for the chosen features next (docs/scene-clustering.md)
+    best = max(rows, key=lambda r: round(r["validation"]["umap_kmeans_true_k"], 3))
     return {"split": seed, "train": train, "validation": val, "test": test, "variants": rows, "chosen": best}
 
 
@@ -481,7 +485,7 @@ def format_sweep(summary: dict[str, Any]) -> str:
         )
     c = summary["chosen"]
     lines.append(
-        f"chosen on validation ACC: {c['blocks']} blocks, {c['views']} views, {c['epochs']} epochs, "
-        f"{c['images']} images, {c['head']} head"
+        f"chosen on validation UMAP + k-means (true K): {c['blocks']} blocks, {c['views']} views, "
+        f"{c['epochs']} epochs, {c['images']} images, {c['head']} head"
     )
     return "\n".join(lines)
