@@ -278,6 +278,7 @@ def test_scenes_cluster_cli_on_a_folder(labelled_folder: Path, finetuned: FineTu
 def test_scenes_cli_bad_input(tmp_path: Path) -> None:
     assert main(["scenes", "cluster", str(tmp_path), "--bundle", str(tmp_path)]) == 2
     assert main(["scenes", "eval", "--data", str(tmp_path / "missing")]) == 2
+    assert main(["scenes", "eval", "--data", str(tmp_path), "--splits", "3", "--views", "0"]) == 2
     for bad in ("2x2", "0x2x2", "ax2x2", "2x2x2:tanh", "2x2x2@0", "2x2x2@some"):  # BxVxE[@N|@all][:HEAD]
         assert main(["scenes", "eval", "--data", str(tmp_path), "--finetune-sweep", bad]) == 2
     from dinotiles.training.scenes_protocol import Variant, parse_variants

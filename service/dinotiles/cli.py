@@ -72,7 +72,7 @@ def build_parser() -> Parser:
     f.add_argument("--classes", nargs="+", help="train on these classes only")
     f.add_argument("--per-class", type=int, help="at most this many images per class")
     f.add_argument("--blocks", type=int, default=2, help="last N blocks trained (the rest frozen and cached)")
-    f.add_argument("--views", type=int, default=2, help="augmented views cached per image")
+    f.add_argument("--views", type=int, default=4, help="augmented views cached per image")
     f.add_argument("--epochs", type=int, default=4)
     f.add_argument("--batch", type=int, default=32)
     f.add_argument(
@@ -124,7 +124,7 @@ def build_parser() -> Parser:
     ev.add_argument("--finetune-per-class", type=int, default=150)
     ev.add_argument("--epochs", type=int, default=4)
     ev.add_argument("--head", choices=("linear", "cosine"), default="linear", help="--splits: the fine-tune's head")
-    ev.add_argument("--views", type=int, default=2, help="--splits: augmented views cached per fine-tune image")
+    ev.add_argument("--views", type=int, default=4, help="augmented views cached per fine-tune image")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument(
         "--splits", type=int, help="three-way class splits (fine-tune / choose settings / report), mean ± sd over N"
@@ -300,6 +300,8 @@ def cmd_scenes(args: argparse.Namespace) -> None:
 
     if not args.data.is_dir():
         raise CliError(f"no such folder: {args.data}")
+    if args.views < 1:
+        raise CliError("--views must be at least 1")
     if args.finetune_sweep:
         from dinotiles.training.scenes_protocol import finetune_sweep, format_sweep, parse_variants
 
@@ -314,8 +316,8 @@ def cmd_scenes(args: argparse.Namespace) -> None:
     if args.splits:
         from dinotiles.training.scenes_protocol import evaluate_protocol, format_protocol
 
-        if args.splits < 1 or args.views < 1:
-            raise CliError("--splits and --views must be at least 1")
+        if args.splits < 1:
+            raise CliError("--splits must be at least 1")
         if args.train_classes:
             raise CliError("--splits chooses the classes itself: leave out --train-classes")
         try:
@@ -345,6 +347,7 @@ def cmd_scenes(args: argparse.Namespace) -> None:
             args.finetune_per_class,
             args.epochs,
             seed=args.seed,
+            views=args.views,
         )
     except ValueError as exc:
         raise CliError(str(exc)) from exc

@@ -49,6 +49,7 @@ def evaluate(
     epochs: int = 4,
     blocks: int = 2,
     seed: int = 0,
+    views: int = 4,
 ) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     train, test = split_classes(data, train_classes, seed)
@@ -61,6 +62,7 @@ def evaluate(
             classes=train,
             per_class=finetune_per_class,
             blocks=blocks,
+            views=views,
             epochs=epochs,
             seed=seed,
         )

@@ -193,7 +193,7 @@ def evaluate_protocol(
     epochs: int = 4,
     blocks: int = 2,
     head: str = "linear",
-    views: int = 2,
+    views: int = 4,
 ) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
