@@ -105,16 +105,32 @@ def trainable_forward(model: Any, hidden: torch.Tensor, frozen: int) -> torch.Te
     return model.layernorm(hidden)[:, 0]
 
 
+def cached_for(store: Path, key: Sequence[str]) -> bool:
+    """Whether ``store`` holds the result for ``key`` (weights, settings, files): the listing beside
+    it (``.txt``) is written only once the data is whole, so a run cut short or one for other inputs
+    leaves none that matches and the work is done again."""
+    listing = store.with_suffix(".txt")
+    return store.exists() and listing.exists() and listing.read_text().splitlines() == list(key)
+
+
+def forget_cached(store: Path) -> None:
+    """Before ``store`` is (re)written: until `mark_cached`, it is no one's result."""
+    store.with_suffix(".txt").unlink(missing_ok=True)
+
+
+def mark_cached(store: Path, key: Sequence[str]) -> None:
+    store.with_suffix(".txt").write_text("\n".join(key) + "\n")
+
+
 def cache_frozen(model: Any, files: Sequence[Path], frozen: int, views: int, store: Path, seed: int) -> np.memmap:
     """Frozen-part outputs for ``views`` views of each image (view 0 unaugmented), float16 on disk."""
     rng = np.random.default_rng(seed)
     tokens = (SIZE // model.config.patch_size) ** 2 + 1 + int(getattr(model.config, "num_register_tokens", 0) or 0)
     shape = (views * len(files), tokens, model.config.hidden_size)
-    done_flag, listing = store.with_suffix(".done"), store.with_suffix(".txt")
     names = [f"frozen={frozen}", f"views={views}", f"seed={seed}", *map(str, files)]
-    if done_flag.exists() and listing.exists() and listing.read_text().splitlines() == names:
+    if cached_for(store, names):
         return np.lib.format.open_memmap(store, mode="r")  # a resumed run: the same images, views and seed
-    done_flag.unlink(missing_ok=True)
+    forget_cached(store)
     cache = np.lib.format.open_memmap(store, mode="w+", dtype=np.float16, shape=shape)
     batch = 16
     with torch.no_grad():
@@ -126,8 +142,7 @@ def cache_frozen(model: Any, files: Sequence[Path], frozen: int, views: int, sto
                 hidden = frozen_forward(model, normalise(np.stack(imgs)), frozen)
                 cache[v * len(files) + start : v * len(files) + start + len(imgs)] = hidden.numpy().astype(np.float16)
     cache.flush()
-    listing.write_text("\n".join(names) + "\n")
-    done_flag.touch()
+    mark_cached(store, names)
     return cache
 
 

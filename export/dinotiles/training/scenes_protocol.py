@@ -34,7 +34,15 @@ from dinotiles.scenes.cluster import (
     rotation_mean,
     scene_partition,
 )
-from dinotiles.training.finetune import HEADS, SIZE, FinetuneConfig, finetune
+from dinotiles.training.finetune import (
+    HEADS,
+    SIZE,
+    FinetuneConfig,
+    cached_for,
+    finetune,
+    forget_cached,
+    mark_cached,
+)
 from dinotiles.training.scenes_eval import scene_encoder
 from dinotiles.training.trunk import FrozenBlocksDiffer, head_views, trunk_views
 from dinotiles.training.weights import load_weights
@@ -112,17 +120,13 @@ def _features(files: list[Path], weights: str, bundle: Path, cache: Path, turns:
     blocks are not the base's (a CUDA fine-tune trains them all); `_views` is the cheap path."""
     names = [f"weights={weights}", *map(str, files)]
     paths = [cache if k == 0 else cache.with_name(f"{cache.stem}_rot{k}.npy") for k in range(turns)]
-
-    def cached(path: Path) -> bool:
-        listing = path.with_suffix(".txt")
-        return path.exists() and listing.exists() and listing.read_text().splitlines() == names
-
-    missing = [k for k in range(turns) if not cached(paths[k])]
+    missing = [k for k in range(turns) if not cached_for(paths[k], names)]
     if missing:
         fresh = folder_views(scene_encoder(weights, bundle), files, SIZE, feature="cls", turns=missing)
         for k, view in zip(missing, fresh, strict=True):
+            forget_cached(paths[k])
             np.save(paths[k], view)
-            paths[k].with_suffix(".txt").write_text("\n".join(names) + "\n")
+            mark_cached(paths[k], names)
     return np.stack([np.load(path, allow_pickle=False) for path in paths])
 
 
@@ -148,15 +152,15 @@ def _views(trunk: Trunk, weights: str, rows: list[int], bundle: Path, cache: Pat
     """[turns, len(rows), D] CLS vectors of ``weights`` for the trunk's ``rows``: only the last blocks
     run (the first are the base's, shared); a model that changed its first blocks is encoded whole."""
     names = [f"weights={weights}", f"frozen={trunk.frozen}", *(str(trunk.files[i]) for i in rows)]
-    listing = cache.with_suffix(".txt")
-    if cache.exists() and listing.exists() and listing.read_text().splitlines() == names:
+    if cached_for(cache, names):
         return np.load(cache, allow_pickle=False)
     try:
         views = head_views(weights, trunk.weights, trunk.views, trunk.frozen, rows)
     except FrozenBlocksDiffer:
         views = _features([trunk.files[i] for i in rows], weights, bundle, cache.with_name(f"{cache.stem}_onnx.npy"))
+    forget_cached(cache)
     np.save(cache, views)
-    listing.write_text("\n".join(names) + "\n")
+    mark_cached(cache, names)
     return views
 
 

@@ -23,7 +23,15 @@ import torch
 from tqdm import tqdm
 
 from dinotiles.scenes.cluster import load_image, rotated
-from dinotiles.training.finetune import SIZE, frozen_forward, normalise, trainable_forward
+from dinotiles.training.finetune import (
+    SIZE,
+    cached_for,
+    forget_cached,
+    frozen_forward,
+    mark_cached,
+    normalise,
+    trainable_forward,
+)
 from dinotiles.training.weights import load_weights
 
 BATCH = 16
@@ -40,19 +48,19 @@ def _listing(weights: str, frozen: int, turns: int, files: Sequence[Path]) -> li
 def trunk_views(weights: str, files: Sequence[Path], frozen: int, store: Path, turns: int = 4) -> np.ndarray:
     """[turns, N, tokens, D] float16 (memory-mapped): the first ``frozen`` blocks' output for every file
     turned 0, 1, … quarter turns. Cached at ``store`` and keyed by the weights, ``frozen``, ``turns`` and
-    the file list; an interrupted run starts again (the file is written whole before it is marked done)."""
-    listing, done = store.with_suffix(".txt"), store.with_suffix(".done")
+    the file list; an interrupted run starts again (the file is written whole before it is listed)."""
     names = _listing(weights, frozen, turns, files)
-    if done.exists() and listing.exists() and listing.read_text().splitlines() == names:
+    if cached_for(store, names):
         return np.lib.format.open_memmap(store, mode="r")
-    done.unlink(missing_ok=True)
+    forget_cached(store)
     model = load_weights(weights).model.eval()
     if not 0 <= frozen < model.config.num_hidden_layers:
         raise ValueError(f"frozen blocks must be 0 to {model.config.num_hidden_layers - 1}, got {frozen}")
     tokens = (SIZE // model.config.patch_size) ** 2 + 1 + int(getattr(model.config, "num_register_tokens", 0) or 0)
     store.parent.mkdir(parents=True, exist_ok=True)
     shape = (turns, len(files), tokens, model.config.hidden_size)
-    cache = np.lib.format.open_memmap(store, mode="w+", dtype=np.float16, shape=shape)
+    part = store.with_name(f"{store.stem}.part.npy")  # written beside, then moved over the store whole
+    cache = np.lib.format.open_memmap(part, mode="w+", dtype=np.float16, shape=shape)
     with torch.no_grad():
         for start in tqdm(range(0, len(files), BATCH), desc=f"frozen blocks, {turns} turns", unit="batch"):
             images = np.stack([load_image(p, SIZE) for p in files[start : start + BATCH]])
@@ -61,8 +69,8 @@ def trunk_views(weights: str, files: Sequence[Path], frozen: int, store: Path, t
                 cache[k, start : start + len(images)] = hidden.numpy().astype(np.float16)
     cache.flush()
     del cache
-    listing.write_text("\n".join(names) + "\n")
-    done.touch()
+    part.replace(store)
+    mark_cached(store, names)
     return np.lib.format.open_memmap(store, mode="r")
 
 
