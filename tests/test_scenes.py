@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -48,6 +49,19 @@ def test_well_separated_groups_give_the_right_k() -> None:
     rows = k_on_subsets(features, truth, DEFAULT_METHOD, seed=0, sizes=(2, 3), draws=2)
     assert [r["true_k"] for r in rows] == [2, 2, 3, 3]
     assert all(len(set(r["classes"])) == r["true_k"] and r["k"] == r["true_k"] for r in rows)
+    # told K, averaged over the UMAP seeds the consensus used: the same embeddings, none computed again
+    from dinotiles.scenes.cluster import RUNS, scene_partition
+    from dinotiles.training.scenes_protocol import _umap_kmeans
+
+    memo: dict[Any, Any] = {}
+    scene_partition(features, DEFAULT_METHOD, 0, memo=memo)
+    embeddings = {key: value for key, value in memo.items() if key[0] == "umap"}
+    assert len(embeddings) == RUNS
+    told = _umap_kmeans(features, truth, DEFAULT_METHOD, 0, memo)
+    assert told["acc"] > 0.95 and told["k"] == 4
+    assert all(memo[key] is value for key, value in embeddings.items())
+    scrambled = _umap_kmeans(features, np.random.default_rng(0).permutation(truth), DEFAULT_METHOD, 0, {})
+    assert scrambled["acc"] < 0.5  # labels that are not the groups are not found
 
 
 @pytest.mark.slow

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from dinotiles.scenes.cluster import (
     DEFAULT_METHOD,
     ROTATIONS,
+    RUNS,
     SceneMethod,
     clustering_scores,
     embed,
@@ -99,6 +100,24 @@ def _kmeans(x: np.ndarray, k: int, seed: int) -> np.ndarray:
     from sklearn.cluster import KMeans
 
     return np.asarray(KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(x))
+
+
+def _umap_kmeans(
+    x: np.ndarray, truth: np.ndarray, method: SceneMethod, seed: int, memo: dict[Any, Any] | None = None
+) -> dict[str, float]:
+    """UMAP (``method``'s dims and neighbours) + k-means told the true K, scores averaged over ``RUNS``
+    UMAP seeds: one seed of the same 2 × 4 × 4 fine-tune's validation vectors gave 0.792, the eight
+    0.79–0.90 (mean 0.882), too wide to choose features or read the cost of inferring K on. ``memo``
+    (the one `scene_partition` fills) shares the embeddings with the consensus runs."""
+    memo = {} if memo is None else memo
+    k = len(np.unique(truth))
+    scores = []
+    for r in range(RUNS):
+        key = ("umap", method.dims, method.neighbours, seed + r)
+        if key not in memo:
+            memo[key] = embed(x, method, seed + r)
+        scores.append(_score(truth, _kmeans(memo[key], k, seed + r)))
+    return {m: float(np.mean([s[m] for s in scores])) for m in scores[0]}
 
 
 def _probe(x: np.ndarray, truth: np.ndarray, seed: int) -> float:
@@ -268,10 +287,10 @@ def evaluate_protocol(
         }
         rows: dict[str, dict[str, float]] = {}
         for name, x in sets.items():
-            emb = embed(x, method, split["seed"])
+            memo: dict[Any, Any] = {}
+            chosen_labels = scene_partition(x, method, split["seed"], memo=memo)[0]
             rows[f"{name} + k-means (true K)"] = _score(truth, _kmeans(_unit(x), k, split["seed"]))
-            rows[f"{name} + UMAP + k-means (true K)"] = _score(truth, _kmeans(emb, k, split["seed"]))
-            chosen_labels = scene_partition(x, method, split["seed"])[0]
+            rows[f"{name} + UMAP + k-means (true K)"] = _umap_kmeans(x, truth, method, split["seed"], memo)
             rows[f"{name} + UMAP + chosen (infers K)"] = _score(truth, chosen_labels)
             before = scene_partition(x, PREVIOUS_METHOD, split["seed"])[0]
             rows[f"{name} + UMAP + DP-GMM, previous defaults"] = _score(truth, before)
@@ -336,10 +355,11 @@ def _k_ratio_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _summary_scores(x: np.ndarray, truth: np.ndarray, seed: int) -> dict[str, Any]:
     """The shipped clustering, UMAP + k-means with the true K and the probe, on one set of vectors."""
-    labels, _, emb = scene_partition(x, DEFAULT_METHOD, seed)
+    memo: dict[Any, Any] = {}
+    labels = scene_partition(x, DEFAULT_METHOD, seed, memo=memo)[0]
     return {
         "default": _score(truth, labels),
-        "umap_kmeans_true_k": _score(truth, _kmeans(emb, len(np.unique(truth)), seed))["acc"],
+        "umap_kmeans_true_k": _umap_kmeans(x, truth, DEFAULT_METHOD, seed, memo)["acc"],
         "probe": _probe(x, truth, seed),
     }
 
@@ -368,6 +388,7 @@ def format_protocol(summary: dict[str, Any]) -> str:
         cells = [f"{m[k][0]:.3f} ± {m[k][1]:.3f}" if k in m else "" for k in ("acc", "nmi", "ari")]
         kcell = f"{m['k'][0]:.1f} ± {m['k'][1]:.1f}" if "k" in m else ""
         lines.append(f"{name:42} {cells[0]:>13} {cells[1]:>13} {cells[2]:>13} {kcell:>11}")
+    lines.append(f"(UMAP + k-means (true K): scores averaged over {RUNS} UMAP seeds)")
     for split in summary["splits"]:
         for name, r in split.get("validation_rotations", {}).items():
             d = r["default"]
