@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,6 @@ def test_well_separated_groups_give_the_right_k() -> None:
         assert result.labels[index] == cluster
     again = cluster_scenes(features, seed=0)
     assert (again.labels == result.labels).all()  # seeded: reproducible
-    from dataclasses import replace
 
     pooled = cluster_scenes(features, seed=0, method=replace(DEFAULT_METHOD, runs=3))
     assert pooled.k == 4 and clustering_scores(truth, pooled.labels)["acc"] > 0.95
@@ -246,6 +245,23 @@ def test_finetune_loss_falls_and_weights_export(finetuned: FineTuned) -> None:
     # resuming a finished run trains no further epoch and keeps the history
     assert main(finetuned.args) == 0
     assert json.loads((finetuned.out / "finetune.json").read_text())["history"] == history
+
+
+@pytest.mark.slow
+def test_runs_that_differ_in_epochs_or_head_share_one_frozen_cache(labelled_folder: Path, tmp_path: Path, demo) -> None:  # type: ignore[no-untyped-def]
+    """A sweep's variants point at one cache of the frozen blocks' outputs: a run with the same images,
+    blocks, views and seed reads it as it is; one with other views rewrites it, never reads it."""
+    from dinotiles.training.finetune import FinetuneConfig, finetune
+
+    store = tmp_path / "shared.npy"
+    config = FinetuneConfig(labelled_folder, str(DEMO_WEIGHTS), tmp_path / "a", blocks=1, views=1, epochs=1, batch=8)
+    finetune(replace(config, frozen_cache=store))
+    written = store.stat().st_mtime_ns
+    assert not (tmp_path / "a" / "frozen_cache.npy").exists()
+    finetune(replace(config, out=tmp_path / "b", head="cosine", epochs=2, frozen_cache=store))
+    assert store.stat().st_mtime_ns == written  # read, not computed again
+    report = finetune(replace(config, out=tmp_path / "c", views=2, frozen_cache=store))
+    assert report["views"] == 2 and np.load(store, mmap_mode="r").shape[0] == 2 * report["images"]
 
 
 @pytest.mark.slow

@@ -43,6 +43,9 @@ class FinetuneConfig:
     head_lr: float = 1e-3
     seed: int = 0
     head: str = "linear"
+    # where the frozen blocks' outputs are cached (default: ``out/frozen_cache.npy``); runs that differ
+    # only in epochs or head (a sweep's variants) can share one: the cache is keyed by its inputs
+    frozen_cache: Path | None = None
 
 
 class CosineHead(torch.nn.Module):
@@ -176,7 +179,8 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         params = [*model.encoder.layer[frozen:].parameters(), *model.layernorm.parameters()]
         for p in params:
             p.requires_grad = True
-        cache = cache_frozen(model, files, frozen, views, cfg.out / "frozen_cache.npy", cfg.seed)
+        store = cfg.frozen_cache or cfg.out / "frozen_cache.npy"
+        cache = cache_frozen(model, files, frozen, views, store, cfg.seed)
         targets = torch.from_numpy(np.tile(labels, views))
 
         def logits_for(idx: np.ndarray) -> torch.Tensor:

@@ -474,7 +474,10 @@ def finetune_sweep(
         trunk = _trunk(weights, files, v.blocks, out)
         shared = time.time() - started
         config = FinetuneConfig(data, weights, vdir / "finetune", train, v.per_class, v.blocks, v.views, v.epochs)
-        tuned = finetune(replace(config, seed=seed, head=v.head))
+        images = "all" if v.per_class is None else v.per_class
+        # variants that differ only in epochs or head train on the same cached views: computed once
+        shared_cache = out / f"split{seed}-frozen-b{v.blocks}-v{v.views}-n{images}.npy"
+        tuned = finetune(replace(config, seed=seed, head=v.head, frozen_cache=shared_cache))
         trained = time.time() - started - shared
         feats = rotation_mean(_views(trunk, tuned["weights"], held, vdir / "bundle", vdir / "features.npy"))
         featured = time.time() - started - shared - trained
